@@ -1,0 +1,226 @@
+"""SIP requests and responses as immutable values, and their serialisation.
+
+Parsing network bytes is :func:`sip.parse.parse_message_untrusted`; this module holds
+the model every other part of the stack shares, plus the RFC 3261 constructions that
+depend only on a message (8.2.6 responses, 17.1.1.3 ACK for non-2xx, 9.1 CANCEL).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+
+from sip.headers import CSeq, Headers, NameAddr, Via
+from sip.uri import URI
+
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 8.1.1.7
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
+    423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch (magic cookie + 96 random bits)."""
+    return MAGIC_COOKIE + secrets.token_hex(12)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str) -> str:
+    return f"{secrets.token_hex(12)}@{host}"
+
+
+class _Common:
+    """Accessors shared by requests and responses (parsed on demand)."""
+
+    headers: Headers
+    body: bytes
+
+    @property
+    def vias(self) -> list[Via]:
+        return [Via.parse(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        value = self.headers.get("Via")
+        if value is None:
+            from sip.errors import SIPParseError
+
+            raise SIPParseError("Missing Via header")
+        return Via.parse(value)
+
+    @property
+    def from_(self) -> NameAddr:
+        return NameAddr.parse(self._required("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        return NameAddr.parse(self._required("To"))
+
+    @property
+    def call_id(self) -> str:
+        return self._required("Call-ID").strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        return CSeq.parse(self._required("CSeq"))
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values (a ``*`` is not a NameAddr: check :attr:`is_contact_star`)."""
+        return [NameAddr.parse(v) for v in self.headers.get_all("Contact") if v.strip() != "*"]
+
+    @property
+    def is_contact_star(self) -> bool:
+        return any(v.strip() == "*" for v in self.headers.get_all("Contact"))
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("Content-Type")
+        return None if value is None else value.split(";")[0].strip().lower()
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            from sip.errors import SIPParseError
+
+            raise SIPParseError(f"Missing {name} header")
+        return value
+
+    def _serialize(self, start_line: str) -> bytes:
+        parts = [start_line]
+        for name, value in self.headers:
+            if name == "Content-Length":
+                continue
+            parts.append(f"{name}: {value}")
+        parts.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(parts) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request(_Common):
+    method: str
+    uri: URI
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """Serialise; Content-Length is always recomputed from the body."""
+        return self._serialize(f"{self.method} {self.uri} SIP/2.0")
+
+    def replace(self, **changes: object) -> Request:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def branch(self) -> str | None:
+        return self.top_via.branch
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else int(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response(_Common):
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"SIP/2.0 {self.status} {self.reason}")
+
+    def replace(self, **changes: object) -> Response:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status < 200
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+
+Message = Request | Response
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request`` per RFC 3261 8.2.6.2.
+
+    Via, From, To, Call-ID and CSeq are copied; a To tag is added when ``to_tag`` is given
+    and the request's To has none (never for 100 Trying, 8.2.6.1).  Record-Route is copied
+    for 18x/2xx, which makes a UAS's dialog route set work through proxies (12.1.1).
+    """
+    copied: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        if name in ("Via", "From", "Call-ID", "CSeq"):
+            copied.append((name, value))
+        elif name == "To":
+            if to_tag is not None and status != 100 and "tag=" not in value.lower():
+                value = str(NameAddr.parse(value).with_tag(to_tag))
+            copied.append((name, value))
+        elif name == "Record-Route" and 100 < status < 300:
+            copied.append((name, value))
+        elif name == "Timestamp" and status == 100:
+            copied.append((name, value))
+    copied.extend(headers)
+    return Response(
+        status=status,
+        reason=reason if reason is not None else REASONS.get(status, "Unknown"),
+        headers=Headers(copied),
+        body=body,
+    )
+
+
+def make_ack_for_error(invite: Request, response: Response) -> Request:
+    """The ACK a client transaction sends for a 300-699 to ``invite`` (RFC 3261 17.1.1.3)."""
+    items: list[tuple[str, str]] = [("Via", invite.headers.lines("Via")[0].split(",")[0].strip())]
+    for name in ("Route",):
+        items.extend((name, v) for v in invite.headers.lines(name))
+    items.append(("Max-Forwards", "70"))
+    items.append(("From", invite._required("From")))
+    items.append(("To", response._required("To")))
+    items.append(("Call-ID", invite.call_id))
+    items.append(("CSeq", f"{invite.cseq.number} ACK"))
+    return Request(method="ACK", uri=invite.uri, headers=Headers(items))
+
+
+def make_cancel(invite: Request) -> Request:
+    """CANCEL for a pending INVITE (RFC 3261 9.1): same Request-URI, Call-ID, From, To,
+    CSeq number, top Via and Route as the INVITE."""
+    items: list[tuple[str, str]] = [("Via", invite.headers.lines("Via")[0].split(",")[0].strip())]
+    items.extend(("Route", v) for v in invite.headers.lines("Route"))
+    items.append(("Max-Forwards", "70"))
+    items.append(("From", invite._required("From")))
+    items.append(("To", invite._required("To")))
+    items.append(("Call-ID", invite.call_id))
+    items.append(("CSeq", f"{invite.cseq.number} CANCEL"))
+    return Request(method="CANCEL", uri=invite.uri, headers=Headers(items))
