@@ -1,0 +1,69 @@
+"""The ``dialspell`` command line: one parser, subcommands contributed by modules.
+
+Each command module exposes a function that registers its subcommands on an argparse
+subparsers object and sets ``func(args) -> int`` (the exit code).  Exit codes follow the
+usual conventions: 0 success, 1 failure, 2 usage error (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# (module, function, where): "root" registers on the top level, "dialplan" on the
+# ``dialspell dialplan`` group.  Modules are imported lazily so a missing optional piece
+# never breaks the other commands.
+_CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
+    ("engine.cli_serve", "add_commands", "root"),
+    ("engine.cli_admin", "add_commands", "root"),
+    ("engine.cli_dialplan", "add_local_commands", "dialplan"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dialspell",
+        description="A programmable SIP server: registrar and B2BUA routed by Python dialplans.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    root = parser.add_subparsers(dest="command", metavar="COMMAND")
+    dialplan = root.add_parser("dialplan", help="check, run and manage dialplans")
+    dialplan_sub = dialplan.add_subparsers(dest="dialplan_command", metavar="ACTION")
+    dialplan.set_defaults(func=lambda args: _missing_action(dialplan))
+    targets = {"root": root, "dialplan": dialplan_sub}
+    for module_name, function, where in _CONTRIBUTORS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        getattr(module, function)(targets[where])
+    return parser
+
+
+def _missing_action(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
