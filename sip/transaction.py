@@ -1,0 +1,788 @@
+"""SIP transactions, sans-IO (RFC 3261 section 17 with the RFC 6026 corrections).
+
+:class:`TransactionLayer` is fed messages, their source address and ``now``; it returns
+a list of *actions*: :class:`Send` for the transport shell, and events for the
+transaction user (TU).  It never reads a clock or touches a socket: the shell calls
+:meth:`TransactionLayer.expire` at :meth:`TransactionLayer.next_deadline`.
+
+The four state machines (17.1.1 INVITE client, 17.1.2 non-INVITE client, 17.2.1 INVITE
+server, 17.2.2 non-INVITE server) are one table, :data:`TRANSITIONS`: for each kind of
+transaction, state and stimulus (a received message, a response from the TU, a timer)
+it names the next state and the effects, in order.  A stimulus missing from the table
+is absorbed; that is also how a timer is cancelled (its state no longer accepts it).
+
+What stays with the TU, as RFC 3261 assigns it:
+
+* answering a request (including 481 to a CANCEL that matches nothing and 487 to a
+  cancelled INVITE), and retransmitting a 2xx to an INVITE (13.3.1.4);
+* the ACK for a 2xx (13.2.2.4): it is a request of its own that no transaction sends,
+  so :meth:`TransactionLayer.request` refuses ACKs and the TU emits a :class:`Send`;
+* resolving a host name in a Via or a Request-URI (RFC 3263).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from sip.errors import SIPParseError, SIPValueError
+from sip.headers import Via
+from sip.message import (
+    MAGIC_COOKIE,
+    Request,
+    Response,
+    make_ack_for_error,
+    make_cancel,
+    make_response,
+)
+from sip.timers import RETRANSMIT_TIMERS, Timer, TimerHeap, TimerSettings
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+# Match keys (17.1.3, 17.2.3).  Client: (branch, method).  Server: (branch, sent-by
+# host, sent-by port, method), or for RFC 2543 peers the longer tuple of _key_2543.
+Key = tuple[object, ...]
+
+
+class TransactionState(Enum):
+    """The states of figures 5-8 of RFC 3261, plus RFC 6026's Accepted."""
+
+    # Members are singletons, so identity hashing is exact; it runs in C, where Enum's
+    # own __hash__ (hash of the name) is a Python call on every table lookup.
+    __hash__ = object.__hash__
+
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Kind(Enum):
+    """Which of the four state machines a transaction runs."""
+
+    __hash__ = object.__hash__  # see TransactionState
+
+    INVITE_CLIENT = "INVITE client"
+    NON_INVITE_CLIENT = "non-INVITE client"
+    INVITE_SERVER = "INVITE server"
+    NON_INVITE_SERVER = "non-INVITE server"
+
+
+class Stimulus(Enum):
+    """What can happen to a transaction besides a timer firing."""
+
+    __hash__ = object.__hash__  # see TransactionState
+
+    RECV_1XX = "a provisional response arrives"
+    RECV_2XX = "a 2xx response arrives"
+    RECV_3XX_6XX = "a 300-699 response arrives"
+    RECV_REQUEST = "the request is retransmitted"
+    RECV_ACK = "an ACK matching the INVITE arrives"
+    TU_1XX = "the TU sends a provisional response"
+    TU_2XX = "the TU sends a 2xx response"
+    TU_3XX_6XX = "the TU sends a 300-699 response"
+
+
+class Effect(Enum):
+    """What a transition does, besides starting the :class:`Timer` values in its row."""
+
+    PASS_RESPONSE_UP = "hand the response to the TU"
+    SEND_ACK = "build the ACK for a 300-699 and send it"
+    RESEND_ACK = "send that ACK again"
+    RESEND_REQUEST = "retransmit the request"
+    SEND_RESPONSE = "send the TU's response"
+    RESEND_RESPONSE = "send the last response again"
+    PASS_ACK_UP = "hand the ACK to the TU"
+    REPORT_TIMEOUT = "tell the TU the transaction timed out"
+    SEND_PENDING_CANCEL = "send a CANCEL the TU asked for before any provisional"
+    RESTART_TIMER = "re-arm the retransmission timer that just fired"
+
+
+S = TransactionState
+Row = tuple[TransactionState, tuple[Effect | Timer, ...]]
+
+# The state machines.  Each row: state -> stimulus -> (next state, effects in order).
+TRANSITIONS: dict[Kind, dict[TransactionState, dict[Stimulus | Timer, Row]]] = {
+    Kind.INVITE_CLIENT: {
+        # 17.1.1.2; RFC 6026 7.2 replaces "2xx -> Terminated" with Accepted + Timer M.
+        S.CALLING: {
+            Timer.A: (S.CALLING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
+            Timer.B: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            Stimulus.RECV_1XX: (
+                S.PROCEEDING, (Effect.PASS_RESPONSE_UP, Effect.SEND_PENDING_CANCEL)),
+            Stimulus.RECV_2XX: (S.ACCEPTED, (Effect.PASS_RESPONSE_UP, Timer.M)),
+            Stimulus.RECV_3XX_6XX: (
+                S.COMPLETED, (Effect.SEND_ACK, Effect.PASS_RESPONSE_UP, Timer.D)),
+        },
+        S.PROCEEDING: {
+            Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
+            Stimulus.RECV_2XX: (S.ACCEPTED, (Effect.PASS_RESPONSE_UP, Timer.M)),
+            Stimulus.RECV_3XX_6XX: (
+                S.COMPLETED, (Effect.SEND_ACK, Effect.PASS_RESPONSE_UP, Timer.D)),
+        },
+        S.COMPLETED: {
+            # 17.1.1.2: "Any retransmissions of the final response that are received
+            # while in the "Completed" state MUST cause the ACK to be re-passed to the
+            # transport layer for retransmission, but the newly received response MUST
+            # NOT be passed up to the TU."
+            Stimulus.RECV_3XX_6XX: (S.COMPLETED, (Effect.RESEND_ACK,)),
+            Timer.D: (S.TERMINATED, ()),
+        },
+        S.ACCEPTED: {
+            # RFC 6026 8.4: "any 2xx responses that match this client transaction and
+            # that are received while in the "Accepted" state MUST be passed up to the TU"
+            Stimulus.RECV_2XX: (S.ACCEPTED, (Effect.PASS_RESPONSE_UP,)),
+            Timer.M: (S.TERMINATED, ()),
+        },
+        S.TERMINATED: {},
+    },
+    Kind.NON_INVITE_CLIENT: {
+        # 17.1.2.2
+        S.TRYING: {
+            Timer.E: (S.TRYING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
+            Timer.F: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
+            Stimulus.RECV_2XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
+            Stimulus.RECV_3XX_6XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
+        },
+        S.PROCEEDING: {
+            Timer.E: (S.PROCEEDING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
+            Timer.F: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
+            Stimulus.RECV_2XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
+            Stimulus.RECV_3XX_6XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
+        },
+        S.COMPLETED: {
+            Timer.K: (S.TERMINATED, ()),
+        },
+        S.TERMINATED: {},
+    },
+    Kind.INVITE_SERVER: {
+        # 17.2.1; RFC 6026 7.1 adds Accepted + Timer L after a 2xx.
+        S.PROCEEDING: {
+            # 17.2.1: "If a request retransmission is received while in the "Proceeding"
+            # state, the most recent provisional response that was received from the TU
+            # MUST be passed to the transport layer for retransmission."
+            Stimulus.RECV_REQUEST: (S.PROCEEDING, (Effect.RESEND_RESPONSE,)),
+            Stimulus.TU_1XX: (S.PROCEEDING, (Effect.SEND_RESPONSE,)),
+            Stimulus.TU_2XX: (S.ACCEPTED, (Effect.SEND_RESPONSE, Timer.L)),
+            Stimulus.TU_3XX_6XX: (S.COMPLETED, (Effect.SEND_RESPONSE, Timer.G, Timer.H)),
+        },
+        S.ACCEPTED: {
+            # RFC 6026 8.7: a 2xx retransmission from the TU "MUST be passed to the
+            # transport layer"; retransmitted INVITEs "MUST be absorbed"; an ACK is
+            # passed up, since it belongs to the dialog, not to this transaction.
+            Stimulus.TU_2XX: (S.ACCEPTED, (Effect.SEND_RESPONSE,)),
+            Stimulus.RECV_REQUEST: (S.ACCEPTED, ()),
+            Stimulus.RECV_ACK: (S.ACCEPTED, (Effect.PASS_ACK_UP,)),
+            Timer.L: (S.TERMINATED, ()),
+        },
+        S.COMPLETED: {
+            Stimulus.RECV_REQUEST: (S.COMPLETED, (Effect.RESEND_RESPONSE,)),
+            Timer.G: (S.COMPLETED, (Effect.RESEND_RESPONSE, Effect.RESTART_TIMER)),
+            # 17.2.1: "If an ACK is received while the server transaction is in the
+            # "Completed" state, the server transaction MUST transition to the
+            # "Confirmed" state."  Timer G stops because Confirmed does not accept it.
+            Stimulus.RECV_ACK: (S.CONFIRMED, (Timer.I,)),
+            Timer.H: (S.TERMINATED, ()),
+        },
+        S.CONFIRMED: {
+            # Confirmed exists only to absorb ACK retransmissions until Timer I.
+            Stimulus.RECV_ACK: (S.CONFIRMED, ()),
+            Stimulus.RECV_REQUEST: (S.CONFIRMED, ()),
+            Timer.I: (S.TERMINATED, ()),
+        },
+        S.TERMINATED: {},
+    },
+    Kind.NON_INVITE_SERVER: {
+        # 17.2.2
+        S.TRYING: {
+            # "Once in the "Trying" state, any further request retransmissions are
+            # discarded."
+            Stimulus.RECV_REQUEST: (S.TRYING, ()),
+            Stimulus.TU_1XX: (S.PROCEEDING, (Effect.SEND_RESPONSE,)),
+            Stimulus.TU_2XX: (S.COMPLETED, (Effect.SEND_RESPONSE, Timer.J)),
+            Stimulus.TU_3XX_6XX: (S.COMPLETED, (Effect.SEND_RESPONSE, Timer.J)),
+        },
+        S.PROCEEDING: {
+            Stimulus.RECV_REQUEST: (S.PROCEEDING, (Effect.RESEND_RESPONSE,)),
+            Stimulus.TU_1XX: (S.PROCEEDING, (Effect.SEND_RESPONSE,)),
+            Stimulus.TU_2XX: (S.COMPLETED, (Effect.SEND_RESPONSE, Timer.J)),
+            Stimulus.TU_3XX_6XX: (S.COMPLETED, (Effect.SEND_RESPONSE, Timer.J)),
+        },
+        S.COMPLETED: {
+            # "any other final responses passed by the TU to the server transaction
+            # MUST be discarded while in the "Completed" state" (no TU row here).
+            Stimulus.RECV_REQUEST: (S.COMPLETED, (Effect.RESEND_RESPONSE,)),
+            Timer.J: (S.TERMINATED, ()),
+        },
+        S.TERMINATED: {},
+    },
+}
+
+# The state each kind starts in, and the timers it starts there.
+INITIAL: dict[Kind, tuple[TransactionState, tuple[Timer, ...]]] = {
+    Kind.INVITE_CLIENT: (S.CALLING, (Timer.A, Timer.B)),
+    Kind.NON_INVITE_CLIENT: (S.TRYING, (Timer.E, Timer.F)),
+    Kind.INVITE_SERVER: (S.PROCEEDING, ()),
+    Kind.NON_INVITE_SERVER: (S.TRYING, ()),
+}
+
+
+class _Transaction:
+    """State common to client and server transactions."""
+
+    __slots__ = (
+        "request", "kind", "is_invite", "state", "transport", "destination", "key",
+        "last_response", "context", "_reliable", "_table", "_interval", "_ack",
+    )
+
+    def __init__(
+        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key
+    ) -> None:
+        self.request = request
+        self.kind = kind
+        self.is_invite = kind is Kind.INVITE_CLIENT or kind is Kind.INVITE_SERVER
+        self.transport = transport
+        self.destination = destination
+        self.key = key
+        self.state, _ = INITIAL[kind]
+        self.last_response: Response | None = None
+        self.context: object | None = None
+        # 18: "reliable" is anything but UDP (TCP, TLS, SCTP, WebSocket).
+        self._reliable = transport.upper() != "UDP"
+        self._table = TRANSITIONS[kind]
+        self._interval = 0.0  # current A/E/G retransmission interval
+        self._ack: Request | None = None
+
+    def __repr__(self) -> str:
+        return (f"<{self.kind.value} transaction {self.request.method} "
+                f"{self.state.value} {self.key!r}>")
+
+
+class ClientTransaction(_Transaction):
+    """A request we sent (17.1).  ``destination``/``transport``: where it goes;
+    ``last_response``: the latest response received; ``cancel_transaction``: the CANCEL
+    sent for it by :meth:`TransactionLayer.cancel`, once sent."""
+
+    __slots__ = ("cancel_transaction", "_cancel_wanted")
+
+    def __init__(
+        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key
+    ) -> None:
+        super().__init__(request, kind, transport, destination, key)
+        self.cancel_transaction: ClientTransaction | None = None
+        self._cancel_wanted = False
+
+
+class ServerTransaction(_Transaction):
+    """A request we received (17.2).  ``source``/``transport``: where it came from;
+    ``destination``: where its responses go (18.2.2, RFC 3581); ``last_response``: the
+    latest response sent."""
+
+    __slots__ = ("source",)
+
+    def __init__(
+        self,
+        request: Request,
+        kind: Kind,
+        transport: str,
+        destination: Address,
+        key: Key,
+        source: Address,
+    ) -> None:
+        super().__init__(request, kind, transport, destination, key)
+        self.source = source
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Transmit ``message`` to ``destination`` over ``transport`` ("UDP", "TCP"...)."""
+
+    message: Request | Response
+    destination: Address
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A new request (never an ACK): ``transaction`` is its new server transaction."""
+
+    transaction: ServerTransaction
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReceived:
+    """A CANCEL matched a live INVITE server transaction (9.2, 17.2.3).
+
+    The TU answers ``transaction`` (the CANCEL's own) with 200 and, while ``invite`` is
+    still Proceeding, answers the INVITE with 487.  If ``invite`` already has a final
+    response the CANCEL has no effect on it, and :meth:`TransactionLayer.respond`
+    discards a late 487."""
+
+    transaction: ServerTransaction
+    invite: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """An ACK for a 2xx (its own transaction, 17.2.1) or an ACK matching nothing."""
+
+    request: Request
+    source: Address
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """A response a client transaction passes up."""
+
+    transaction: ClientTransaction
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class StrayResponse:
+    """A response matching no client transaction (17.1.3); the TU may need to ACK a 2xx."""
+
+    response: Response
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """Timer B or F fired: the TU treats it as a 408 (8.1.3.1)."""
+
+    transaction: ClientTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    """The transaction reached Terminated; the layer has forgotten it."""
+
+    transaction: ClientTransaction | ServerTransaction
+
+
+Action = (
+    Send | RequestReceived | CancelReceived | AckReceived | ResponseReceived | StrayResponse
+    | TimedOut | Terminated
+)
+
+
+# -- matching helpers ------------------------------------------------------------------------
+
+
+def is_rfc3261_branch(branch: str | None) -> bool:
+    """True when ``branch`` carries the magic cookie and something after it.
+
+    17.2.3: the branch matching rule applies when the branch "begins with the magic
+    cookie"; a bare cookie (RFC 4475's "badbranch" torture test) identifies nothing, so such a
+    request falls back to the RFC 2543 rules like one with no cookie at all."""
+    return branch is not None and len(branch) > 7 and branch.startswith(MAGIC_COOKIE)
+
+
+def _strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") else host
+
+
+def response_destination(via: Via, source: Address, transport: str) -> Address:
+    """Where a server transaction sends its responses (18.2.2 with RFC 3581).
+
+    ``via`` is the request's top Via as the transport shell left it (with ``received``
+    and a valued ``rport`` added); ``maddr`` is not supported."""
+    if transport.upper() != "UDP":
+        # 18.2.2: "If the "sent-protocol" is a reliable transport protocol such as TCP
+        # or SCTP ... the response MUST be sent using the existing connection to the
+        # source of the original request".
+        return source
+    rport = via.param("rport")
+    received = via.param("received")
+    if rport and rport.isdigit():
+        # RFC 3581 4: the response goes "to the IP address ... in the "received"
+        # parameter ... and the port in the "rport" parameter", i.e. the packet's source.
+        return (_strip_brackets(received) if received else source[0], int(rport))
+    if received:
+        # 18.2.2: "the response MUST be sent to the address in the "received" parameter,
+        # using the port indicated in the "sent-by" value, or using port 5060 if none".
+        return (_strip_brackets(received), via.port or 5060)
+    return (_strip_brackets(via.host), via.port or 5060)
+
+
+def _key_2543(request: Request, via: Via, to_tag: str | None, method: str) -> Key:
+    """17.2.3's fallback for requests without a usable branch: "the Request-URI, To
+    tag, From tag, Call-ID, CSeq, and top Via header field match those of the
+    INVITE" (CSeq by number, so ACK and CANCEL can name the INVITE)."""
+    return (
+        str(request.uri), request.from_.tag, request.call_id, request.cseq.number,
+        via.transport, via.host.lower(), via.port, via.branch, to_tag, method,
+    )
+
+
+def _to_tag(response: Response | None) -> str | None:
+    if response is None:
+        return None
+    try:
+        return response.to.tag
+    except SIPParseError:
+        return None
+
+
+# -- the layer ---------------------------------------------------------------------------
+
+
+class TransactionLayer:
+    """Every live transaction of one endpoint, their timers, and the matching rules.
+
+    Each public method takes ``now`` (seconds on the caller's clock) and returns the
+    actions to carry out in order.  The layer never raises for anything the network
+    sends: an unmatchable message (e.g. without a usable Via or CSeq) is logged and
+    dropped.  It does raise :class:`SIPValueError` for misuse by the TU.
+    """
+
+    __slots__ = ("_settings", "_send_trying", "_clients", "_servers", "_heap", "_now")
+
+    def __init__(
+        self, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0, send_trying: bool = True
+    ) -> None:
+        self._settings = TimerSettings(t1=t1, t2=t2, t4=t4)
+        self._send_trying = send_trying
+        self._clients: dict[Key, ClientTransaction] = {}
+        self._servers: dict[Key, ServerTransaction] = {}
+        self._heap: TimerHeap[_Transaction] = TimerHeap()
+        self._now = 0.0
+
+    # -- the public API ------------------------------------------------------------------
+
+    def receive(
+        self, message: Request | Response, source: Address, transport: str, now: float
+    ) -> list[Action]:
+        """Feed one message from the network (after the shell added received/rport)."""
+        self._now = now
+        out: list[Action] = []
+        try:
+            if isinstance(message, Response):
+                self._receive_response(message, source, now, out)
+            else:
+                self._receive_request(message, source, transport, now, out)
+        except SIPParseError as exc:
+            # Matching reads Via, CSeq, Call-ID, From and To; a message whose headers
+            # do not parse cannot belong to any transaction and gets no answer here.
+            logger.info("Dropping an unmatchable message from %s:%s: %s",
+                        source[0], source[1], exc)
+            return []
+        return out
+
+    def respond(self, transaction: ServerTransaction, response: Response, now: float) -> list[Action]:
+        """Send the TU's ``response`` through ``transaction``.
+
+        A response the transaction's state does not allow (a second final response, or
+        anything after Terminated) is logged and discarded, as 17.2.2 requires for
+        non-INVITE transactions; the result is then ``[]``."""
+        self._now = now
+        status = response.status
+        if status < 100 or status > 699:
+            raise SIPValueError(f"Cannot send a response with status {status}")
+        stimulus = (Stimulus.TU_1XX if status < 200 else
+                    Stimulus.TU_2XX if status < 300 else Stimulus.TU_3XX_6XX)
+        out: list[Action] = []
+        if not self._fire(transaction, stimulus, response, now, out):
+            logger.warning("Discarding a %d response to %s: its transaction is %s",
+                           status, transaction.request.method, transaction.state.value)
+        return out
+
+    def request(
+        self, request: Request, destination: Address, transport: str, now: float
+    ) -> tuple[ClientTransaction, list[Action]]:
+        """Start a client transaction that sends ``request`` to ``destination``.
+
+        The request's top Via must carry a fresh RFC 3261 branch (8.1.1.7): it is the
+        transaction's identity.  ACK is refused: an ACK for a 2xx is sent by the TU with a
+        plain :class:`Send`, and the ACK for a 300-699 by the INVITE transaction itself."""
+        if request.method == "ACK":
+            raise SIPValueError("ACK is not sent through a client transaction")
+        try:
+            branch = request.top_via.branch
+        except SIPParseError as exc:
+            raise SIPValueError(f"Request has no usable Via: {exc}") from exc
+        if not is_rfc3261_branch(branch):
+            raise SIPValueError("The top Via needs a branch starting with z9hG4bK (8.1.1.7)")
+        out: list[Action] = []
+        tx = self._start_client(request, destination, transport, now, out)
+        return tx, out
+
+    def cancel(self, transaction: ClientTransaction, now: float) -> list[Action]:
+        """Cancel a pending INVITE client transaction (9.1).
+
+        The CANCEL (a new client transaction, ``transaction.cancel_transaction``) goes
+        out at once if a provisional response has arrived; otherwise it is sent on the
+        first provisional, because 9.1 says "If no provisional response has been
+        received, the CANCEL request MUST NOT be sent".  Nothing happens when the INVITE
+        already has a final response, when it is not an INVITE ("SHOULD NOT be sent to
+        cancel non-INVITE requests"), or when a CANCEL was already asked for."""
+        self._now = now
+        if not transaction.is_invite or transaction.cancel_transaction is not None:
+            return []
+        out: list[Action] = []
+        if transaction.state is S.CALLING:
+            transaction._cancel_wanted = True
+        elif transaction.state is S.PROCEEDING:
+            self._send_cancel(transaction, now, out)
+        return out
+
+    def expire(self, now: float) -> list[Action]:
+        """Fire every timer due at or before ``now``, in deadline order."""
+        self._now = now
+        out: list[Action] = []
+        heap = self._heap
+        while (entry := heap.pop_due(now)) is not None:
+            deadline, tx, timer = entry
+            # The restart (if any) is measured from the scheduled deadline so a punctual
+            # driver gets the exact RFC schedule; see _arm for a late one.
+            self._fire(tx, timer, None, deadline, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has work to do, or None if no timer is pending."""
+        return self._heap.next_deadline(_timer_is_live)
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of live transactions and of (possibly stale) timer entries."""
+        return {
+            "client_transactions": len(self._clients),
+            "server_transactions": len(self._servers),
+            "timer_entries": len(self._heap),
+        }
+
+    # -- requests from the network -------------------------------------------------------
+
+    def _receive_request(
+        self, request: Request, source: Address, transport: str, now: float, out: list[Action]
+    ) -> None:
+        via = request.top_via
+        method = request.method
+        branch = via.branch
+        rfc3261 = is_rfc3261_branch(branch)
+        if rfc3261:
+            # 17.2.3: match on the branch, the sent-by of the top Via, and the method
+            # ("except for ACK, where the method of the request that created the
+            # transaction is INVITE").
+            key: Key = (branch, via.host.lower(), via.port, "INVITE" if method == "ACK" else method)
+        else:
+            key = _key_2543(request, via, request.to.tag, "INVITE" if method == "ACK" else method)
+
+        if method == "ACK":
+            tx = self._servers.get(key)
+            if tx is None and not rfc3261:
+                tx = self._match_2543_ack(request, via)
+            if tx is None:
+                # 17.2.1 (as amended by RFC 6026): an ACK for a 2xx is a transaction of
+                # its own; it and any ACK matching nothing go to the TU (the dialog).
+                out.append(AckReceived(request, source, transport))
+            else:
+                self._fire(tx, Stimulus.RECV_ACK, request, now, out, source)
+            return
+
+        tx = self._servers.get(key)
+        if tx is not None:
+            self._fire(tx, Stimulus.RECV_REQUEST, request, now, out)
+            return
+
+        is_invite = method == "INVITE"
+        kind = Kind.INVITE_SERVER if is_invite else Kind.NON_INVITE_SERVER
+        tx = ServerTransaction(
+            request, kind, transport, response_destination(via, source, transport), key, source
+        )
+        self._servers[key] = tx
+        if is_invite:
+            if self._send_trying:
+                # 17.2.1: "If the TU will not respond within 200 ms, the server transaction
+                # SHOULD send a 100 (Trying)"; sending it at once also stops the client's
+                # Timer A retransmissions early.  It is what a retransmitted INVITE gets.
+                self._fire(tx, Stimulus.TU_1XX, make_response(request, 100), now, out)
+            out.append(RequestReceived(tx, request))
+        elif method == "CANCEL":
+            # 9.2: the CANCEL matches the transaction it cancels by the 17.2.3 rules
+            # "but the method of the request is ignored" - here: it names an INVITE.
+            invite = self._servers.get(key[:-1] + ("INVITE",))
+            if invite is not None:
+                out.append(CancelReceived(tx, invite))
+            else:
+                out.append(RequestReceived(tx, request))
+        else:
+            out.append(RequestReceived(tx, request))
+
+    def _match_2543_ack(self, ack: Request, via: Via) -> ServerTransaction | None:
+        """17.2.3: an RFC 2543 ACK carries the To tag of the response it acknowledges,
+        which the INVITE did not have: find the INVITE under its own (tagless) To and
+        check the tag against the response the transaction sent."""
+        ack_tag = ack.to.tag
+        if ack_tag is None:
+            return None
+        tx = self._servers.get(_key_2543(ack, via, None, "INVITE"))
+        if tx is not None and _to_tag(tx.last_response) == ack_tag:
+            return tx
+        return None
+
+    # -- responses from the network ------------------------------------------------------
+
+    def _receive_response(
+        self, response: Response, source: Address, now: float, out: list[Action]
+    ) -> None:
+        # 17.1.3: the branch of the top Via and the CSeq method identify the transaction.
+        key: Key = (response.top_via.branch, response.cseq.method)
+        tx = self._clients.get(key)
+        if tx is None:
+            out.append(StrayResponse(response, source))
+            return
+        status = response.status
+        stimulus = (Stimulus.RECV_1XX if status < 200 else
+                    Stimulus.RECV_2XX if status < 300 else Stimulus.RECV_3XX_6XX)
+        self._fire(tx, stimulus, response, now, out)
+
+    # -- client transactions -------------------------------------------------------------
+
+    def _start_client(
+        self, request: Request, destination: Address, transport: str, now: float,
+        out: list[Action],
+    ) -> ClientTransaction:
+        key: Key = (request.top_via.branch, request.method)
+        if key in self._clients:
+            raise SIPValueError("A client transaction with this branch and method exists")
+        kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
+        tx = ClientTransaction(request, kind, transport, destination, key)
+        self._clients[key] = tx
+        out.append(Send(request, destination, transport))
+        _, timers = INITIAL[kind]
+        for timer in timers:
+            self._start_timer(tx, timer, now)
+        return tx
+
+    def _send_cancel(self, invite: ClientTransaction, now: float, out: list[Action]) -> None:
+        invite._cancel_wanted = False
+        # 9.1: the CANCEL has the INVITE's top Via (so its branch) and goes "to the same
+        # destination" as the request it cancels.
+        invite.cancel_transaction = self._start_client(
+            make_cancel(invite.request), invite.destination, invite.transport, now, out
+        )
+
+    # -- the engine --------------------------------------------------------------------
+
+    def _fire(
+        self,
+        tx: _Transaction,
+        stimulus: Stimulus | Timer,
+        message: Request | Response | None,
+        now: float,
+        out: list[Action],
+        source: Address | None = None,
+    ) -> bool:
+        """Apply one table row; False when the state has no row for ``stimulus``."""
+        row = tx._table[tx.state].get(stimulus)
+        if row is None:
+            return False
+        target, effects = row
+        tx.state = target
+        at_once: Timer | None = None
+        for effect in effects:
+            if effect is Effect.SEND_RESPONSE:
+                assert isinstance(message, Response)
+                tx.last_response = message
+                out.append(Send(message, tx.destination, tx.transport))
+            elif effect is Effect.PASS_RESPONSE_UP:
+                assert isinstance(message, Response) and isinstance(tx, ClientTransaction)
+                tx.last_response = message
+                out.append(ResponseReceived(tx, message))
+            elif effect is Effect.RESEND_RESPONSE:
+                if tx.last_response is not None:
+                    out.append(Send(tx.last_response, tx.destination, tx.transport))
+            elif effect is Effect.RESEND_REQUEST:
+                out.append(Send(tx.request, tx.destination, tx.transport))
+            elif effect is Effect.RESTART_TIMER:
+                assert isinstance(stimulus, Timer)
+                tx._interval = self._settings.next_interval(
+                    stimulus, tx._interval, proceeding=target is S.PROCEEDING)
+                self._arm(tx, stimulus, now, tx._interval)
+            elif effect is Effect.SEND_ACK:
+                # 17.1.1.3: the client transaction builds the ACK for 300-699 itself,
+                # and "The ACK MUST be sent to the same address, port, and transport to
+                # which the original request was sent."
+                assert isinstance(message, Response)
+                tx._ack = make_ack_for_error(tx.request, message)
+                out.append(Send(tx._ack, tx.destination, tx.transport))
+            elif effect is Effect.RESEND_ACK:
+                if tx._ack is not None:
+                    out.append(Send(tx._ack, tx.destination, tx.transport))
+            elif effect is Effect.PASS_ACK_UP:
+                assert isinstance(message, Request) and isinstance(tx, ServerTransaction)
+                out.append(AckReceived(message, source or tx.source, tx.transport))
+            elif effect is Effect.REPORT_TIMEOUT:
+                assert isinstance(tx, ClientTransaction)
+                out.append(TimedOut(tx))
+            elif effect is Effect.SEND_PENDING_CANCEL:
+                assert isinstance(tx, ClientTransaction)
+                if tx._cancel_wanted:
+                    self._send_cancel(tx, now, out)
+            else:
+                assert isinstance(effect, Timer)
+                if self._start_timer(tx, effect, now):
+                    at_once = effect
+        if target is S.TERMINATED:
+            if stimulus is Timer.H:
+                # 17.2.1: Timer H firing "implies that the ACK was never received"; the
+                # TU learns of it through the Terminated action that follows.
+                logger.info("No ACK for the %d to %s from %s:%s", _status(tx),
+                            tx.request.method, tx.destination[0], tx.destination[1])
+            self._forget(tx, out)
+        elif at_once is not None:
+            # A zero timer (D, I, J, K on a reliable transport) fires right away, after
+            # the effects of the transition that started it.
+            self._fire(tx, at_once, None, now, out)
+        return True
+
+    def _start_timer(self, tx: _Transaction, timer: Timer, now: float) -> bool:
+        """Arm ``timer`` with its first interval; True if it is due immediately."""
+        interval = self._settings.initial(timer, tx._reliable)
+        if interval is None:
+            return False
+        if interval == 0.0:
+            return True
+        if timer in RETRANSMIT_TIMERS:
+            tx._interval = interval
+        self._arm(tx, timer, now, interval)
+        return False
+
+    def _arm(self, tx: _Transaction, timer: Timer, start: float, interval: float) -> None:
+        deadline = start + interval
+        if deadline <= self._now:
+            # The driver woke up late (by more than an interval): retransmit once now and
+            # space the next one a full interval out, rather than bursting to catch up.
+            deadline = self._now + interval
+        self._heap.push(deadline, tx, timer)
+
+    def _forget(self, tx: _Transaction, out: list[Action]) -> None:
+        if isinstance(tx, ClientTransaction):
+            if self._clients.get(tx.key) is tx:
+                del self._clients[tx.key]
+            out.append(Terminated(tx))
+        else:
+            assert isinstance(tx, ServerTransaction)
+            if self._servers.get(tx.key) is tx:
+                del self._servers[tx.key]
+            out.append(Terminated(tx))
+
+
+def _status(tx: _Transaction) -> int:
+    return 0 if tx.last_response is None else tx.last_response.status
+
+
+def _timer_is_live(tx: _Transaction, timer: Timer) -> bool:
+    return timer in tx._table[tx.state]
