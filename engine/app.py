@@ -1,0 +1,162 @@
+"""The SIP application: the transaction user that decides what each request gets.
+
+It sits on top of :class:`sip.transport.SIPEndpoint` and receives the transaction
+layer's events synchronously; anything slow (the registrar's database commit, a dialplan)
+runs in a task of its own so the receive path never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from engine.config import ServerConfig
+from engine.events import Event, EventBus
+from engine.registrar import Registrar
+from sip.errors import SIPParseError
+from sip.message import Request, Response, make_response, new_tag
+from sip.transaction import (
+    AckReceived,
+    Action,
+    CancelReceived,
+    RequestReceived,
+    ServerTransaction,
+)
+from sip.validate import check_request
+
+if TYPE_CHECKING:
+    from sip.transport import SIPEndpoint
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
+SERVER_HEADER = ("Server", "dialspell")
+
+
+class SIPApplication:
+    """Routes requests: REGISTER to the registrar, OPTIONS answered here, the rest to
+    the call engine (when one is attached) or a clear refusal."""
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        registrar: Registrar,
+        events: EventBus,
+        is_served_domain: Callable[[str], bool],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.registrar = registrar
+        self.events = events
+        self.is_served_domain = is_served_domain
+        self.wall_clock = wall_clock
+        self.endpoint: SIPEndpoint | None = None
+        self.nursery: trio.Nursery | None = None
+        # Optional hook for the call engine: called for INVITE and in-dialog requests.
+        self.call_handler: Callable[[Action], bool] | None = None
+
+    def attach(self, endpoint: SIPEndpoint, nursery: trio.Nursery) -> None:
+        self.endpoint = endpoint
+        self.nursery = nursery
+
+    # -- the TU entry point (synchronous, from the endpoint) -----------------------------
+    def handle(self, action: Action) -> None:
+        if self.call_handler is not None and self.call_handler(action):
+            return
+        kind = type(action)
+        if kind is RequestReceived:
+            assert isinstance(action, RequestReceived)
+            self._on_request(action.transaction, action.request)
+        elif kind is CancelReceived:
+            assert isinstance(action, CancelReceived)
+            # RFC 3261 9.2: answer the CANCEL 200, then the INVITE 487 if still pending.
+            self.respond(action.transaction, make_response(action.transaction.request, 200))
+            self.respond(action.invite, make_response(action.invite.request, 487, to_tag=new_tag()))
+        elif kind is AckReceived:
+            pass  # an ACK for a 2xx we did not send as part of a dialog: nothing to do
+        # Responses/timeouts for client transactions belong to the call engine.
+
+    def respond(self, transaction: ServerTransaction, response: Response) -> None:
+        assert self.endpoint is not None
+        self.endpoint.respond(transaction, response.replace(headers=response.headers.with_added(*SERVER_HEADER)))
+
+    def _on_request(self, tx: ServerTransaction, request: Request) -> None:
+        method = request.method
+        rejection = check_request(request)
+        if rejection is not None:
+            self.respond(tx, rejection)
+            return
+        if method == "REGISTER":
+            if not self.is_served_domain(request.uri.host):
+                # RFC 3261 10.3 step 1: we are not the registrar for that domain.
+                self.respond(tx, make_response(request, 404, "Domain not served here", to_tag=new_tag()))
+                return
+            assert self.nursery is not None
+            self.nursery.start_soon(self._register, tx, request)
+        elif method == "OPTIONS":
+            self.respond(
+                tx,
+                make_response(
+                    request,
+                    200,
+                    to_tag=new_tag(),
+                    headers=(("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "")),
+                ),
+            )
+        elif method == "CANCEL":
+            # A CANCEL that matched no INVITE transaction (RFC 3261 9.2).
+            self.respond(tx, make_response(request, 481, to_tag=new_tag()))
+        elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"):
+            self.respond(tx, make_response(request, 481, "No such call or dialog", to_tag=new_tag()))
+        elif method == "INVITE":
+            max_forwards = request.max_forwards
+            if max_forwards is not None and max_forwards <= 0:
+                self.respond(tx, make_response(request, 483, to_tag=new_tag()))
+                return
+            self.respond(tx, make_response(request, 480, "No call engine configured", to_tag=new_tag()))
+        else:
+            # RFC 3261 8.2.1: an unknown method gets 501 (405 is for known ones).
+            self.respond(
+                tx, make_response(request, 501, to_tag=new_tag(), headers=(("Allow", ALLOW),))
+            )
+
+    async def _register(self, tx: ServerTransaction, request: Request) -> None:
+        source = tx.source
+        try:
+            response = await self.registrar.handle_register(
+                request,
+                source=source,
+                transport=tx.transport,
+                local=self.endpoint.local if self.endpoint else (self.config.sip_host, self.config.sip_port),
+                now=self.wall_clock(),
+            )
+        except SIPParseError as exc:
+            response = make_response(request, exc.status, exc.reason, to_tag=new_tag())
+        self.respond(tx, response)
+
+    # -- periodic work --------------------------------------------------------------------
+    async def run_keepalives(self) -> None:
+        """RFC 5626-style CRLF keep-alives to bindings of accounts with the flag, every
+        ``keepalive_interval`` seconds, from the socket each binding came in on."""
+        while True:
+            await trio.sleep(self.config.keepalive_interval)
+            if self.endpoint is None:
+                continue
+            for binding in self.registrar.keepalive_targets(self.wall_clock()):
+                self.endpoint.send_bytes(b"\r\n\r\n", binding.received, binding.transport)
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await trio.sleep(self.config.sweep_interval)
+            try:
+                await self.registrar.sweep(self.wall_clock())
+            except Exception:
+                log.exception("binding sweep failed")
+
+    def publish(self, owner: int | None, type_: str, **data: object) -> None:
+        self.events.publish(Event(owner=owner, type=type_, data=data, time=self.wall_clock()))

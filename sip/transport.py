@@ -1,0 +1,380 @@
+"""The trio shell around the sans-IO core: UDP and TCP on one port, driving transactions.
+
+:class:`SIPEndpoint` owns the sockets and a :class:`~sip.transaction.TransactionLayer`.
+Bytes from the network go through :func:`~sip.parse.parse_message_untrusted` (the only
+door for attacker bytes); a request that cannot be parsed is answered ``400 <defect>``
+when it can be answered at all, and dropped otherwise.  Everything the layer asks to send
+is sent; every event it raises is handed, synchronously, to the transaction user (the
+application), which starts its own tasks for slow work.
+
+Robustness rules (a burst of garbage must never stop the server from serving others):
+
+* one bad datagram or connection costs at most one parse attempt and one small answer;
+* TCP connections have an idle timeout, a per-message size cap (the framer's) and a cap on
+  how many may be open at once (overall and per source address);
+* sends never block the receive path: UDP sends are non-blocking ``sendto`` calls, TCP
+  sends go through a small per-connection queue drained by that connection's task.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from sip.errors import SIPParseError
+from sip.message import Request, Response
+from sip.parse import StreamFramer, parse_message_untrusted
+from sip.transaction import Action, Address, Send, TransactionLayer
+from sip.validate import parse_error_response
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 65535
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportLimits:
+    """Limits of the transport shell (every one configurable from the composition root)."""
+
+    tcp_max_connections: int = 4096
+    tcp_max_per_address: int = 64
+    tcp_idle_timeout: float = 600.0
+    tcp_connect_timeout: float = 5.0
+    tcp_send_queue: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """How a message arrived: the peer, our local socket and the transport."""
+
+    source: Address
+    local: Address
+    transport: str
+
+
+EventHandler = Callable[[Action], None]
+
+
+class _Connection:
+    __slots__ = ("stream", "peer", "send_channel", "receive_channel", "last_activity")
+
+    def __init__(self, stream: trio.SocketStream, peer: Address, queue: int) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](queue)
+        self.last_activity = trio.current_time()
+
+
+class SIPEndpoint:
+    """A SIP endpoint listening on UDP and TCP on one address.
+
+    ``handler`` receives every TU event of the transaction layer (never a :class:`Send`:
+    those are performed here).  Call :meth:`serve` with ``nursery.start``; it reports the
+    bound ``(host, port)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        handler: EventHandler,
+        layer: TransactionLayer | None = None,
+        limits: TransportLimits | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.handler = handler
+        self.layer = layer if layer is not None else TransactionLayer()
+        self.limits = limits or TransportLimits()
+        self.local: Address = (host, port)
+        self._udp: socket.socket | None = None
+        self._connections: dict[Address, _Connection] = {}
+        self._per_address: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self._timer_wakeup = trio.Event()
+        self._armed_deadline = float("inf")
+        self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Room for bursts: a registration storm arrives faster than one loop turn.
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        udp.bind((self.host, self.port))
+        bound_port = udp.getsockname()[1]
+        udp.setblocking(False)
+        listener = trio.socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            # UDP and TCP share the port number (RFC 3261 18: both on 5060 by default).
+            await listener.bind((self.host, bound_port))
+        except OSError:
+            udp.close()
+            listener.close()
+            raise
+        listener.listen(512)
+        self._udp = udp
+        self.port = bound_port
+        self.local = (self.host, bound_port)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._udp_loop, trio.socket.from_stdlib_socket(udp))
+            nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(listener))
+            nursery.start_soon(self._timer_loop)
+            log.info("SIP endpoint on udp+tcp %s:%d", self.host, bound_port)
+            task_status.started(self.local)
+        # (the nursery exits only when cancelled)
+
+    # -- sending --------------------------------------------------------------------------
+    def perform(self, actions: list[Action]) -> None:
+        """Send what the layer asked to send, hand events to the handler."""
+        for action in actions:
+            if type(action) is Send:
+                self.send_message(action.message, action.destination, action.transport)
+            else:
+                try:
+                    self.handler(action)
+                except Exception:  # the TU's bug must not stop the transport
+                    log.exception("transaction user failed on %s", type(action).__name__)
+        self._rearm_timer()
+
+    def respond(self, transaction: object, response: Response) -> None:
+        """Send a response through its server transaction."""
+        self.perform(self.layer.respond(transaction, response, trio.current_time()))  # type: ignore[arg-type]
+
+    def request(self, request: Request, destination: Address, transport: str = "UDP") -> object:
+        """Start a client transaction; its events come to the handler."""
+        tx, actions = self.layer.request(request, destination, transport, trio.current_time())
+        self.perform(actions)
+        return tx
+
+    def send_message(self, message: Request | Response, destination: Address, transport: str) -> None:
+        self.send_bytes(message.to_bytes(), destination, transport)
+
+    def send_bytes(self, data: bytes, destination: Address, transport: str) -> None:
+        """Send raw bytes (also used for CRLF keep-alives).  Never blocks."""
+        self.counters["sent"] += 1
+        if transport.upper() == "TCP":
+            self._send_tcp(data, destination)
+            return
+        assert self._udp is not None
+        try:
+            self._udp.sendto(data, destination)
+        except BlockingIOError:
+            self.counters["dropped"] += 1  # UDP may lose packets; retransmission covers it
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", destination, exc)
+
+    def _send_tcp(self, data: bytes, destination: Address) -> None:
+        conn = self._connections.get(destination)
+        if conn is not None:
+            try:
+                conn.send_channel.send_nowait(data)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self.counters["dropped"] += 1
+            return
+        # No connection to reuse (RFC 3261 18.2.2: a response goes back over the
+        # connection the request came on; if it closed, open a new one to the address).
+        if self._nursery is not None:
+            self._nursery.start_soon(self._connect_and_send, destination, data)
+
+    async def _connect_and_send(self, destination: Address, data: bytes) -> None:
+        if len(self._connections) >= self.limits.tcp_max_connections:
+            self.counters["dropped"] += 1
+            return
+        try:
+            with trio.fail_after(self.limits.tcp_connect_timeout):
+                stream = await trio.open_tcp_stream(destination[0], destination[1])
+        except (OSError, trio.TooSlowError) as exc:
+            log.debug("TCP connect to %s failed: %s", destination, exc)
+            return
+        conn = self._connections.get(destination)
+        if conn is not None:  # raced with another connection to the same peer
+            await stream.aclose()
+            self._send_tcp(data, destination)
+            return
+        await self._run_connection(stream, destination, first=data)
+
+    # -- receiving ------------------------------------------------------------------------
+    async def _udp_loop(self, sock: trio.socket.SocketType) -> None:
+        local = self.local
+        while True:
+            try:
+                data, addr = await sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                # ICMP port-unreachable from an earlier send surfaces here on Linux.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            self.counters["udp_in"] += 1
+            if len(data) <= 4 and not data.strip(b"\r\n\x00 "):
+                continue  # keep-alive CRLF or empty datagram
+            self.receive_bytes(data, Incoming((addr[0], addr[1]), local, "UDP"))
+
+    def receive_bytes(self, data: bytes, incoming: Incoming) -> None:
+        """Feed one complete message (a datagram or a framed stream message)."""
+        try:
+            message = parse_message_untrusted(data)
+        except SIPParseError as exc:
+            self.counters["bad"] += 1
+            log.debug("bad message from %s: %s", incoming.source, exc.reason)
+            answer = parse_error_response(data, exc)
+            if answer is not None:
+                # The response goes where the message came from (RFC 3581 behaviour:
+                # the only address we can trust for a message we could not parse).
+                self.send_bytes(answer, incoming.source, incoming.transport)
+            return
+        if type(message) is Request:
+            message = _stamp_via(message, incoming.source)
+            if message is None:
+                self.counters["bad"] += 1
+                return
+        self.perform(self.layer.receive(message, incoming.source, incoming.transport, trio.current_time()))
+
+    async def _tcp_accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    # EMFILE and friends: back off briefly instead of spinning.
+                    log.warning("TCP accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    peer_raw = stream.socket.getpeername()
+                except OSError:
+                    await stream.aclose()
+                    continue
+                peer: Address = (peer_raw[0], peer_raw[1])
+                if (
+                    len(self._connections) >= self.limits.tcp_max_connections
+                    or self._per_address.get(peer[0], 0) >= self.limits.tcp_max_per_address
+                ):
+                    self.counters["dropped"] += 1
+                    await stream.aclose()
+                    continue
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_connection, stream, peer, None)
+
+    async def _run_connection(self, stream: trio.SocketStream, peer: Address, first: bytes | None = None) -> None:
+        conn = _Connection(stream, peer, self.limits.tcp_send_queue)
+        self._connections[peer] = conn
+        self._per_address[peer[0]] = self._per_address.get(peer[0], 0) + 1
+        if first is not None:
+            conn.send_channel.send_nowait(first)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tcp_writer, conn, nursery.cancel_scope)
+                await self._tcp_reader(conn)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._connections.get(peer) is conn:
+                del self._connections[peer]
+            count = self._per_address.get(peer[0], 1) - 1
+            if count:
+                self._per_address[peer[0]] = count
+            else:
+                self._per_address.pop(peer[0], None)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _tcp_reader(self, conn: _Connection) -> None:
+        framer = StreamFramer()
+        incoming = Incoming(conn.peer, self.local, "TCP")
+        while True:
+            with trio.move_on_after(self.limits.tcp_idle_timeout) as idle:
+                try:
+                    data = await conn.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+            if idle.cancelled_caught:
+                log.debug("closing idle TCP connection from %s", conn.peer)
+                return
+            if not data:
+                return  # the peer closed (or half-closed: we answer nothing more)
+            conn.last_activity = trio.current_time()
+            try:
+                messages = framer.feed(data)
+            except SIPParseError as exc:
+                # A stream that lost its framing cannot be resynchronised (RFC 3261 18.3).
+                self.counters["bad"] += 1
+                log.debug("closing TCP connection from %s: %s", conn.peer, exc.reason)
+                return
+            for raw in messages:
+                self.counters["tcp_in"] += 1
+                self.receive_bytes(raw, incoming)
+            if not messages and len(data) >= 4 and not data.strip(b"\r\n"):
+                # RFC 5626 3.5.1: answer a CRLFCRLF ping with a CRLF pong.
+                try:
+                    conn.send_channel.send_nowait(b"\r\n")
+                except trio.WouldBlock:
+                    pass
+
+    async def _tcp_writer(self, conn: _Connection, scope: trio.CancelScope) -> None:
+        async for data in conn.receive_channel:
+            try:
+                await conn.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                scope.cancel()
+                return
+
+    # -- timers ---------------------------------------------------------------------------
+    def _rearm_timer(self) -> None:
+        deadline = self.layer.next_deadline()
+        if deadline is not None and deadline < self._armed_deadline:
+            self._timer_wakeup.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.layer.next_deadline()
+            self._armed_deadline = deadline if deadline is not None else float("inf")
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._armed_deadline):
+                await self._timer_wakeup.wait()
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                self.perform(self.layer.expire(now))
+
+    def statistics(self) -> dict[str, int]:
+        stats = dict(self.counters)
+        stats["tcp_connections"] = len(self._connections)
+        stats.update(self.layer.statistics())
+        return stats
+
+
+def _stamp_via(request: Request, source: Address) -> Request | None:
+    """Add ``received``/``rport`` to the top Via (RFC 3261 18.2.1, RFC 3581 4).
+
+    Returns None when the request has no usable Via (it cannot be answered)."""
+    try:
+        via = request.top_via
+    except SIPParseError:
+        return None
+    host, port = source
+    rport = via.param("rport")
+    changes: dict[str, str | None] = {}
+    # RFC 3581 4: with an empty rport the server MUST add received (even when equal).
+    if rport is not None and rport == "":
+        changes["rport"] = str(port)
+        changes["received"] = host
+    elif via.host.strip("[]") != host:
+        # RFC 3261 18.2.1: received is added when sent-by differs from the source.
+        changes["received"] = host
+    if not changes:
+        return request
+    stamped = via.with_params(**changes)
+    headers = request.headers.with_first_value_removed("Via").with_added("Via", str(stamped), first=True)
+    return request.replace(headers=headers)
