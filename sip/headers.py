@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 from sip.errors import SIPParseError
-from sip.uri import URI, parse_hostport
+from sip.uri import HOST_RE, URI, check_host_port, parse_hostport, sip_uri_pattern, validate_uri
 
 # RFC 3261 7.3.3: compact forms.
 COMPACT = {
@@ -107,21 +108,76 @@ def split_commas(value: str) -> list[str]:
     return [v for v in out if v]
 
 
+# RFC 3261 25.1 building blocks, written once and shared by validation and lazy access.
+TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+_LWS = r"[ \t]*"  # after unfolding, LWS is spaces and tabs
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+# qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+# quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+QUOTED_RE = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+# gen-value = token / host / quoted-string.  Unquoted values are accepted a little more
+# widely than token/host (Via received= may carry a bare IPv6address, and real agents put
+# '/', ':' or '=' in tags); what can never appear is anything that would end the value.
+_GEN_VALUE = rf"(?:[^\s;,\"<>\\\x00-\x1f\x7f]+|{QUOTED_RE})"
+_PARAM = rf"{_LWS};{_LWS}(?P<name>[{TOKEN_CHARS}]+)(?:{_LWS}={_LWS}(?P<value>{_GEN_VALUE}))?"
+_PARAMS = rf"(?:{_LWS};{_LWS}[{TOKEN_CHARS}]+(?:{_LWS}={_LWS}{_GEN_VALUE})?)*"
+_PARAM_ITEM = re.compile(_PARAM)
+_PARAMS_FULL = re.compile(rf"{_PARAMS}{_LWS}\Z")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+# name-addr = [ display-name ] LAQUOT addr-spec RAQUOT
+# display-name = *(token LWS) / quoted-string
+# RFC 4475 3.1.2.14 allows a liberal element to ignore spaces inside <...>: we do (the
+# URI itself still may not contain any).
+_NAME_ADDR = re.compile(
+    rf"{_LWS}(?:(?P<quoted>{QUOTED_RE}){_LWS}"
+    rf"|(?P<display>[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*){_LWS})?"
+    rf"<(?P<uri>[^<>]*)>(?P<params>{_PARAMS}){_LWS}\Z"
+)
+# The common case, a name-addr holding a sip/sips URI, checked in a single match.
+_NAME_ADDR_SIP = re.compile(
+    rf"{_LWS}(?:{QUOTED_RE}{_LWS}|[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*{_LWS})?"
+    rf"<[ \t]*{sip_uri_pattern('u_')}[ \t]*>{_PARAMS}{_LWS}\Z"
+)
+_ADDR_SPEC = re.compile(rf"{_LWS}(?P<uri>[^\s;<>\",]+)(?P<params>{_PARAMS}){_LWS}\Z")
+
+# via-parm = sent-protocol LWS sent-by *( SEMI via-params )
+# sent-protocol = protocol-name SLASH protocol-version SLASH transport
+_VIA = re.compile(
+    rf"{_LWS}(?i:SIP){_LWS}/{_LWS}2\.0{_LWS}/{_LWS}(?P<transport>[{TOKEN_CHARS}]+)[ \t]+"
+    rf"(?P<host>{HOST_RE})(?:{_LWS}:{_LWS}(?P<port>[0-9]{{1,5}}))?"
+    rf"(?P<params>{_PARAMS}){_LWS}\Z"
+)
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+_CSEQ = re.compile(rf"{_LWS}(?P<number>[0-9]+)[ \t]+(?P<method>[{TOKEN_CHARS}]+){_LWS}\Z")
+
+
 def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
     """Parse ``;name=value;flag`` header parameters (quoted values kept with quotes)."""
-    params: list[tuple[str, str | None]] = []
-    text = text.strip()
-    if not text:
+    if not text or text.isspace():
         return ()
+    if _PARAMS_FULL.match(text) is None:
+        _diagnose_params(text)
+    return tuple((m.group("name"), m.group("value")) for m in _PARAM_ITEM.finditer(text))
+
+
+def _diagnose_params(text: str) -> NoReturn:
+    """Raise the error naming what is wrong with a header-parameter list."""
+    text = text.strip()
     if not text.startswith(";"):
         raise SIPParseError("Junk where header parameters were expected")
+    if text.count('"') - text.count('\\"') & 1:
+        raise SIPParseError("Unterminated quoted string in header parameters")
     for item in _split_semis(text[1:]):
         name, eq, value = item.partition("=")
         name = name.strip()
-        if not name or not TOKEN.match(name):
+        if not name:
+            raise SIPParseError("Empty header parameter")
+        if not TOKEN.match(name):
             raise SIPParseError("Bad header parameter name")
-        params.append((name, value.strip() if eq else None))
-    return tuple(params)
+        if eq and not value.strip():
+            raise SIPParseError(f"Empty value for header parameter {name}")
+    raise SIPParseError("Bad header parameter value")
 
 
 def _split_semis(text: str) -> list[str]:
@@ -142,8 +198,6 @@ def _split_semis(text: str) -> list[str]:
             out.append(text[start:i])
             start = i + 1
         i += 1
-    if quoted:
-        raise SIPParseError("Unterminated quoted string in header parameters")
     out.append(text[start:])
     return out
 
@@ -160,9 +214,18 @@ def _params_text(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
 
 
+def unquote_string(quoted: str) -> str:
+    """The content of a quoted-string without its quotes, quoted-pairs decoded."""
+    return _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NameAddr:
-    """``[display-name] <URI> *(;param)`` or a bare addr-spec (From, To, Contact, Route)."""
+    """``[display-name] <URI> *(;param)`` or a bare addr-spec (From, To, Contact, Route).
+
+    ``display_name`` is decoded (quotes removed, quoted-pairs resolved); ``params`` are the
+    header parameters (quoted values keep their quotes).
+    """
 
     display_name: str | None
     uri: URI
@@ -170,50 +233,29 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
-        text = text.strip()
-        display: str | None = None
-        if text.startswith('"'):
-            i = 1
-            while i < len(text):
-                if text[i] == "\\":
-                    i += 2
-                    continue
-                if text[i] == '"':
-                    break
-                i += 1
+        """Parse one name-addr or addr-spec value; raise :class:`SIPParseError`."""
+        m, in_brackets = _match_name_addr(text)
+        if in_brackets:
+            quoted = m.group("quoted")
+            if quoted is not None:
+                display: str | None = unquote_string(quoted)
             else:
-                raise SIPParseError("Unterminated quoted display name")
-            display = text[1:i].replace('\\"', '"').replace("\\\\", "\\")
-            text = text[i + 1 :].lstrip()
-            if not text.startswith("<"):
-                raise SIPParseError("Quoted display name not followed by <URI>")
-        lt = text.find("<")
-        if lt != -1:
-            before = text[:lt].strip()
-            if before:
-                if display is not None:
-                    raise SIPParseError("Two display names")
-                for word in before.split():
-                    if not TOKEN.match(word):
-                        raise SIPParseError("Non-token characters in unquoted display name")
-                display = " ".join(before.split())
-            gt = text.find(">", lt)
-            if gt == -1:
-                raise SIPParseError("Unterminated <URI>")
-            uri = URI.parse(text[lt + 1 : gt].strip())
-            params = parse_params(text[gt + 1 :])
+                words = m.group("display")
+                display = None if words is None else " ".join(words.split())
+            uri = URI.parse(m.group("uri").strip(" \t"))
         else:
-            # addr-spec: parameters after ';' belong to the header (RFC 3261 20.10)
-            semi = text.find(";")
-            uri_text, param_text = (text, "") if semi == -1 else (text[:semi], text[semi:])
-            uri_text = uri_text.strip()
-            if not uri_text or " " in uri_text or "\t" in uri_text:
-                raise SIPParseError("Spaces inside addr-spec")
-            uri = URI.parse(uri_text)
-            params = parse_params(param_text)
+            display = None
+            uri = URI.parse(m.group("uri"))
+        params_text = m.group("params")
+        params = (
+            tuple((p.group("name"), p.group("value")) for p in _PARAM_ITEM.finditer(params_text))
+            if params_text
+            else ()
+        )
         return cls(display_name=display, uri=uri, params=params)
 
     def param(self, name: str) -> str | None:
+        """A header parameter's value ('' for a flag, None when absent)."""
         return _param_lookup(self.params, name)
 
     @property
@@ -221,15 +263,18 @@ class NameAddr:
         return self.param("tag")
 
     def with_tag(self, tag: str) -> NameAddr:
+        """A copy with this ``tag`` parameter (replacing any)."""
         kept = tuple(p for p in self.params if p[0].lower() != "tag")
         return replace(self, params=kept + (("tag", tag),))
 
     def with_params(self, **params: str | None) -> NameAddr:
+        """A copy with these header parameters set (replacing same-named ones)."""
         lowered = {k.lower() for k in params}
         kept = tuple(p for p in self.params if p[0].lower() not in lowered)
         return replace(self, params=kept + tuple(params.items()))
 
     def replace(self, **changes: object) -> NameAddr:
+        """A copy with fields replaced (``dataclasses.replace``)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -241,10 +286,80 @@ class NameAddr:
         return head + _params_text(self.params)
 
 
-_VIA_SENT = re.compile(
-    r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+([^;\s]+(?:\s*:\s*\d+)?)\s*(.*)\Z",
-    re.DOTALL | re.IGNORECASE,
-)
+def _match_name_addr(text: str) -> tuple[re.Match[str], bool]:
+    m = _NAME_ADDR.match(text)
+    if m is not None:
+        return m, True
+    m = _ADDR_SPEC.match(text)
+    if m is None:
+        _diagnose_name_addr(text)
+    # RFC 3261 20: "If the URI contains a comma, question mark or semicolon, the URI MUST
+    # be enclosed in angle brackets" (RFC 4475 3.1.2.13, regbadct).
+    if "?" in m.group("uri"):
+        raise SIPParseError("URI with headers must be enclosed in <>")
+    return m, False
+
+
+def validate_name_addr(text: str) -> None:
+    """Check a name-addr / addr-spec value by exactly the rule :meth:`NameAddr.parse`
+    applies, without building it (the parser's fast path)."""
+    fast = _NAME_ADDR_SIP.match(text)
+    if fast is not None:
+        check_host_port(fast.group("u_host"), fast.group("u_port"))
+        return
+    m, in_brackets = _match_name_addr(text)
+    validate_uri(m.group("uri").strip(" \t") if in_brackets else m.group("uri"))
+
+
+def _diagnose_name_addr(text: str) -> NoReturn:
+    """Raise the error naming what is wrong with a name-addr / addr-spec value."""
+    text = text.strip()
+    if not text:
+        raise SIPParseError("Empty address")
+    rest = text
+    if text.startswith('"'):
+        i = 1
+        while i < len(text):
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == '"':
+                break
+            i += 1
+        else:
+            raise SIPParseError("Unterminated quoted display name")
+        rest = text[i + 1 :].lstrip()
+        if not rest.startswith("<"):
+            raise SIPParseError("Quoted display name not followed by <URI>")
+        if not re.fullmatch(QUOTED_RE, text[: i + 1]):
+            raise SIPParseError("Control characters in quoted display name")
+    lt = rest.find("<")
+    if lt != -1:
+        if not rest.startswith("<"):
+            before = rest[:lt].strip()
+            if '"' in before:
+                raise SIPParseError("Misplaced quote in display name")
+            raise SIPParseError("Non-token characters in unquoted display name")
+        gt = rest.find(">", lt)
+        if gt == -1:
+            raise SIPParseError("Unterminated <URI>")
+        if "<" in rest[lt + 1 : gt]:
+            raise SIPParseError("Nested < in address")
+        URI.parse(rest[lt + 1 : gt].strip(" \t"))
+        _diagnose_params(rest[gt + 1 :])
+    if ">" in rest:
+        raise SIPParseError("Unbalanced > in address")
+    semi = rest.find(";")
+    uri_text = (rest if semi == -1 else rest[:semi]).strip()
+    if any(c in uri_text for c in " \t"):
+        # RFC 4475 3.1.2.15: a display name must be quoted unless it is all tokens, and
+        # then the URI must be in <>; spaces in a bare addr-spec are never allowed.
+        raise SIPParseError("Spaces inside addr-spec")
+    if "," in uri_text:
+        raise SIPParseError("Several values in a single-value address header")
+    URI.parse(uri_text)
+    _diagnose_params(rest[semi:] if semi != -1 else "")
+    raise SIPParseError("Malformed address")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,13 +373,21 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        m = _VIA_SENT.match(text)
-        if not m:
-            raise SIPParseError("Malformed Via header")
-        host, port = parse_hostport(m.group(2).replace(" ", "").replace("\t", ""))
-        return cls(transport=m.group(1).upper(), host=host, port=port, params=parse_params(m.group(3)))
+        """Parse one via-parm; raise :class:`SIPParseError`."""
+        m = _VIA.match(text)
+        if m is None:
+            _diagnose_via(text)
+        transport, host, port_text, params_text = m.groups()
+        port = _check_sent_by(host, port_text)
+        params = (
+            tuple((p.group("name"), p.group("value")) for p in _PARAM_ITEM.finditer(params_text))
+            if params_text
+            else ()
+        )
+        return cls(transport=transport.upper(), host=host, port=port, params=params)
 
     def param(self, name: str) -> str | None:
+        """A Via parameter's value ('' for a flag, None when absent)."""
         return _param_lookup(self.params, name)
 
     @property
@@ -277,6 +400,7 @@ class Via:
         return self.host, self.port or 5060
 
     def with_params(self, **params: str | None) -> Via:
+        """A copy with these parameters set (replacing same-named ones)."""
         lowered = {k.lower() for k in params}
         kept = tuple(p for p in self.params if p[0].lower() not in lowered)
         return replace(self, params=kept + tuple(params.items()))
@@ -286,21 +410,66 @@ class Via:
         return f"SIP/2.0/{self.transport} {hp}{_params_text(self.params)}"
 
 
+def validate_via(text: str) -> None:
+    """Check one via-parm by exactly the rule :meth:`Via.parse` applies, without
+    building it (the parser's fast path)."""
+    m = _VIA.match(text)
+    if m is None:
+        _diagnose_via(text)
+    _check_sent_by(m.group("host"), m.group("port"))
+
+
+def _check_sent_by(host: str, port_text: str | None) -> int | None:
+    if host[0] != "[" and port_text is None:
+        return None
+    return parse_hostport(host if port_text is None else f"{host}:{port_text}")[1]
+
+
+_VIA_HEAD = re.compile(
+    rf"{_LWS}(?i:SIP){_LWS}/{_LWS}(?P<version>[^/\s]*){_LWS}/{_LWS}(?P<transport>[^\s;]*)[ \t]*(?P<rest>.*)\Z",
+    re.DOTALL,
+)
+
+
+def _diagnose_via(text: str) -> NoReturn:
+    """Raise the error naming what is wrong with a via-parm."""
+    m = _VIA_HEAD.match(text)
+    if m is None:
+        raise SIPParseError("Via does not start with SIP/2.0/transport")
+    if m.group("version") != "2.0":
+        raise SIPParseError("Via protocol version is not 2.0")
+    if not TOKEN.match(m.group("transport")):
+        raise SIPParseError("Bad transport in Via")
+    rest = m.group("rest")
+    semi = rest.find(";")
+    sent_by = (rest if semi == -1 else rest[:semi]).strip()
+    if not sent_by:
+        raise SIPParseError("Via has no sent-by host")
+    parse_hostport(re.sub(r"[ \t]*:[ \t]*", ":", sent_by))
+    _diagnose_params(rest[semi:] if semi != -1 else "")
+    raise SIPParseError("Malformed Via header")
+
+
 @dataclass(frozen=True, slots=True)
 class CSeq:
+    """The CSeq header: a sequence number and a method."""
+
     number: int
     method: str
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not TOKEN.match(parts[1]):
+        """Parse ``1*DIGIT LWS Method``; raise :class:`SIPParseError`."""
+        m = _CSEQ.match(text)
+        if m is None:
             raise SIPParseError("Malformed CSeq header")
-        number = int(parts[0])
-        # RFC 3261 8.1.1.5: the sequence number MUST be expressible as a 32-bit integer.
-        if number >= 2**31:
+        digits = m.group("number").lstrip("0") or "0"
+        # RFC 3261 8.1.1.5: "The sequence number value MUST be expressible as a 32-bit
+        # unsigned integer and MUST be less than 2**31" (RFC 4475 3.1.2.4 scalar02).  The
+        # length test comes first so a 10,000-digit number costs nothing to refuse.
+        if len(digits) > 10 or int(digits) >= 2**31:
             raise SIPParseError("CSeq number is too large")
-        return cls(number, parts[1])
+        return cls(int(digits), m.group("method"))
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -316,14 +485,26 @@ class Headers:
 
     __slots__ = ("_items", "_index")
 
+    _items: tuple[tuple[str, str], ...]
+    _index: dict[str, list[str]]
+
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: tuple[tuple[str, str], ...] = tuple(
-            (canonical_name(n), v) for n, v in items
-        )
+        self._items = tuple((canonical_name(n), v) for n, v in items)
         index: dict[str, list[str]] = {}
         for name, value in self._items:
             index.setdefault(name.lower(), []).append(value)
         self._index = index
+
+    @classmethod
+    def _from_parsed(
+        cls, items: tuple[tuple[str, str], ...], index: dict[str, list[str]]
+    ) -> Headers:
+        """Build from names already canonical and an index already built (the parser's
+        fast path: it has done both while reading the lines)."""
+        self = cls.__new__(cls)
+        self._items = items
+        self._index = index
+        return self
 
     # -- reading --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -350,10 +531,11 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (the first comma-separated one for multi-value)."""
-        lines = self._index.get(canonical_name(name).lower())
+        key = canonical_name(name).lower()
+        lines = self._index.get(key)
         if not lines:
             return default
-        if canonical_name(name).lower() in MULTI_VALUE:
+        if key in MULTI_VALUE:
             values = split_commas(lines[0])
             return values[0] if values else default
         return lines[0]

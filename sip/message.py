@@ -202,7 +202,7 @@ def make_response(
 
 def make_ack_for_error(invite: Request, response: Response) -> Request:
     """The ACK a client transaction sends for a 300-699 to ``invite`` (RFC 3261 17.1.1.3)."""
-    items: list[tuple[str, str]] = [("Via", invite.headers.lines("Via")[0].split(",")[0].strip())]
+    items: list[tuple[str, str]] = [("Via", invite._required("Via"))]
     for name in ("Route",):
         items.extend((name, v) for v in invite.headers.lines(name))
     items.append(("Max-Forwards", "70"))
@@ -216,7 +216,7 @@ def make_ack_for_error(invite: Request, response: Response) -> Request:
 def make_cancel(invite: Request) -> Request:
     """CANCEL for a pending INVITE (RFC 3261 9.1): same Request-URI, Call-ID, From, To,
     CSeq number, top Via and Route as the INVITE."""
-    items: list[tuple[str, str]] = [("Via", invite.headers.lines("Via")[0].split(",")[0].strip())]
+    items: list[tuple[str, str]] = [("Via", invite._required("Via"))]
     items.extend(("Route", v) for v in invite.headers.lines("Route"))
     items.append(("Max-Forwards", "70"))
     items.append(("From", invite._required("From")))

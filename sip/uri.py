@@ -4,37 +4,65 @@
 (``tel:``, ``mailto:``, ``http:``...) as an opaque ``absoluteURI``: RFC 3261 section 8.2.2.1
 leaves it to the element to decide whether it serves such a scheme (a server that does not
 answers 416).
+
+The grammar of RFC 3261 25.1 is written out once as compiled regular expressions: a URI
+that matches is built straight from the match (about a microsecond), and one that does not
+is handed to :func:`_diagnose`, which only looks for the words to put in the 400 reason
+phrase.  There is a single acceptance rule, so a URI accepted while validating a message
+is accepted again when a later layer re-parses the same text.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 from urllib.parse import unquote
 
 from sip.errors import SIPParseError
 
-# RFC 3261 25.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
-# Characters that may appear unescaped in a user part (unreserved / user-unreserved /
-# escaped); anything else (notably whitespace and '<' '>') makes the URI invalid.
-_USER_OK = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]*\Z")
-_PASSWORD_OK = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]*\Z")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?\Z|[A-Za-z0-9]\Z")
-_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\Z")
-_IPV6_BODY = re.compile(r"[0-9A-Fa-f:.]+\Z")
-_PARAM_OK = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]*\Z")
-_URI_HEADERS_OK = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/?:+$%=&@,;]*\Z")
-
 SIP_SCHEMES = frozenset({"sip", "sips"})
 
+# RFC 3261 25.1, character classes (inside [...]):
+#   unreserved      = alphanum / mark;  mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
+#   user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"
+#   password        = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
+#   param-unreserved= "[" / "]" / "/" / ":" / "&" / "+" / "$"
+#   hnv-unreserved  = "[" / "]" / "/" / "?" / ":" / "+" / "$"
+_UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
+_ESCAPED = r"%[0-9A-Fa-f]{2}"
+_USER = rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+"
+_PASSWORD = rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*"
+_PARAMCHARS = rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+"
+_HNVCHARS = rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})"
+# hostname = *( domainlabel "." ) toplabel [ "." ]; we accept any dotted alphanumeric
+# label sequence (IPv4address is a special case of it) and IPv6 references in brackets.
+HOST_RE = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?"
 
-def _check_escapes(text: str, what: str) -> None:
-    i = text.find("%")
-    while i != -1:
-        if len(text) < i + 3 or not all(c in "0123456789abcdefABCDEF" for c in text[i + 1 : i + 3]):
-            raise SIPParseError(f"Bad %-escape in URI {what}")
-        i = text.find("%", i + 3)
+
+
+def sip_uri_pattern(prefix: str = "") -> str:
+    """The sip/sips URI grammar as a regex source (no anchors), its named groups
+    prefixed with ``prefix``: scheme, user, password, host, port, params, headers.
+    Embedded in larger header grammars so a whole name-addr validates in one match."""
+    return (
+        rf"(?P<{prefix}scheme>[Ss][Ii][Pp][Ss]?):"
+        rf"(?:(?P<{prefix}user>{_USER})(?::(?P<{prefix}password>{_PASSWORD}))?@)?"
+        rf"(?P<{prefix}host>{HOST_RE})"
+        rf"(?::(?P<{prefix}port>[0-9]{{1,5}}))?"
+        rf"(?P<{prefix}params>(?:;{_PARAMCHARS}(?:={_PARAMCHARS})?)*)"
+        # RFC 3261 25.1: headers = "?" header *( "&" header ); header = hname "=" hvalue
+        rf"(?:\?(?P<{prefix}headers>{_HNVCHARS}+={_HNVCHARS}*(?:&{_HNVCHARS}+={_HNVCHARS}*)*))?"
+    )
+
+
+_SIP_URI = re.compile(sip_uri_pattern() + r"\Z")
+# absoluteURI = scheme ":" ( hier-part / opaque-part ): we keep the part after the colon
+# as given, only refusing what would end or break a header value.
+_OTHER_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+\-.]*):(?P<rest>[^\s<>\"\x00-\x1f\x7f]+)\Z")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+_HOSTPORT = re.compile(rf"(?P<host>{HOST_RE})(?::(?P<port>[0-9]{{1,5}}))?\Z")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +72,8 @@ class URI:
     ``params`` keeps URI parameters in order as (name, value-or-None); names compare
     case-insensitively (RFC 3261 19.1.4), so lookups go through :meth:`param`.
     ``headers`` is the raw text after ``?`` (kept as given: RFC 4475 3.3.14).
+    ``user``, ``password`` and parameters keep their %-escapes as received; compare with
+    :meth:`equivalent` or read :attr:`unescaped_user`.
     """
 
     scheme: str
@@ -59,79 +89,21 @@ class URI:
     @classmethod
     def parse(cls, text: str) -> URI:
         """Parse ``text`` or raise :class:`SIPParseError` naming the defect."""
-        colon = text.find(":")
-        if colon <= 0:
-            raise SIPParseError("URI has no scheme")
-        scheme = text[:colon]
-        if not _SCHEME.match(scheme):
-            raise SIPParseError("URI scheme is not a token")
-        scheme = scheme.lower()
-        rest = text[colon + 1 :]
-        if any(c in rest for c in " \t\r\n<>\""):
-            raise SIPParseError("Whitespace or <>\" inside a URI")
-        if scheme not in SIP_SCHEMES:
-            if not rest:
-                raise SIPParseError("Empty URI after the scheme")
-            return cls(scheme=scheme, opaque=rest)
-        headers: str | None = None
-        q = rest.find("?")
-        if q != -1:
-            headers = rest[q + 1 :]
-            rest = rest[:q]
-            if not _URI_HEADERS_OK.match(headers):
-                raise SIPParseError("Bad characters in URI headers")
-        user: str | None = None
-        password: str | None = None
-        at = rest.rfind("@")
-        if at != -1:
-            userinfo = rest[:at]
-            rest = rest[at + 1 :]
-            pc = userinfo.find(":")
-            if pc != -1:
-                user, password = userinfo[:pc], userinfo[pc + 1 :]
-                if not _PASSWORD_OK.match(password):
-                    raise SIPParseError("Bad characters in URI password")
-            else:
-                user = userinfo
-            if user == "":
-                raise SIPParseError("Empty user part before @ in URI")
-            if not _USER_OK.match(user):
-                raise SIPParseError("Bad characters in URI user part")
-            _check_escapes(user, "user part")
-        # hostport *( ";" uri-parameter )
-        if rest.startswith("["):
-            end = rest.find("]")
-            if end == -1:
-                raise SIPParseError("Unterminated IPv6 reference in URI")
-            hostport, params_text = rest[: end + 1], rest[end + 1 :]
-            semi = params_text.find(";")
-            if semi != -1:
-                hostport += params_text[:semi]
-                params_text = params_text[semi:]
-            else:
-                hostport += params_text
-                params_text = ""
-        else:
-            semi = rest.find(";")
-            hostport, params_text = (rest, "") if semi == -1 else (rest[:semi], rest[semi:])
-        host, port = parse_hostport(hostport)
-        params: list[tuple[str, str | None]] = []
+        m = _SIP_URI.match(text)
+        if m is None:
+            return cls(scheme=_other_scheme(text), opaque=text[text.index(":") + 1 :])
+        scheme, user, password, host, port_text, params_text, headers = m.groups()
+        port = check_host_port(host, port_text)
+        params: tuple[tuple[str, str | None], ...] = ()
         if params_text:
-            for item in params_text[1:].split(";"):
-                if not item:
-                    raise SIPParseError("Empty URI parameter")
-                name, eq, value = item.partition("=")
-                if not name or not _PARAM_OK.match(name) or (eq and not _PARAM_OK.match(value)):
-                    raise SIPParseError("Bad URI parameter")
-                _check_escapes(item, "parameter")
-                params.append((name, value if eq else None))
+            params = tuple(_split_param(item) for item in params_text[1:].split(";"))
         return cls(
-            scheme=scheme,
+            scheme=scheme.lower(),
             user=user,
             password=password,
             host=host,
             port=port,
-            params=tuple(params),
+            params=params,
             headers=headers,
         )
 
@@ -143,10 +115,12 @@ class URI:
     # -- access ---------------------------------------------------------------------------
     @property
     def is_sip(self) -> bool:
+        """True for ``sip:`` and ``sips:`` URIs."""
         return self.scheme in SIP_SCHEMES
 
     @property
     def unescaped_user(self) -> str | None:
+        """The user part with %-escapes decoded (RFC 3261 19.1.4 compares it so)."""
         return None if self.user is None else unquote(self.user)
 
     def param(self, name: str) -> str | None:
@@ -158,6 +132,7 @@ class URI:
         return None
 
     def has_param(self, name: str) -> bool:
+        """Whether a parameter of that name (case-insensitive) is present."""
         name = name.lower()
         return any(key.lower() == name for key, _ in self.params)
 
@@ -168,14 +143,17 @@ class URI:
         return replace(self, params=kept + tuple(params.items()))
 
     def without_params(self, *names: str) -> URI:
+        """A copy without the named parameters."""
         lowered = {n.lower() for n in names}
         return replace(self, params=tuple(p for p in self.params if p[0].lower() not in lowered))
 
     def replace(self, **changes: object) -> URI:
+        """A copy with fields replaced (``dataclasses.replace``)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def host_port(self) -> str:
+        """``host`` or ``host:port``."""
         host = self.host
         return host if self.port is None else f"{host}:{self.port}"
 
@@ -207,40 +185,145 @@ class URI:
             return False
         if self.opaque is not None or other.opaque is not None:
             return self.opaque == other.opaque
+        # "Comparison of the userinfo of SIP and SIPS URIs is case-sensitive ...
+        # Characters other than those in the "reserved" set are equivalent to their
+        # encoding" (19.1.4): compare with escapes decoded.
         if unquote(self.user or "") != unquote(other.user or ""):
             return False
-        if self.password != other.password or self.host.lower() != other.host.lower():
+        if unquote(self.password or "") != unquote(other.password or ""):
             return False
-        if self.port != other.port:
+        if self.host.lower() != other.host.lower() or self.port != other.port:
             return False
-        mine = {k.lower(): (v or "").lower() for k, v in self.params}
-        theirs = {k.lower(): (v or "").lower() for k, v in other.params}
+        mine = _decoded_params(self.params)
+        theirs = _decoded_params(other.params)
+        # "A URI that includes a user, ttl, method, maddr or transport parameter ...
+        # never matches a URI without it" (and vice versa).
         for key in ("user", "ttl", "method", "maddr", "transport"):
             if (key in mine or key in theirs) and mine.get(key) != theirs.get(key):
                 return False
-        return all(theirs[k] == v for k, v in mine.items() if k in theirs)
+        # "Any other uri-parameter appearing in only one URI is ignored".
+        if not all(theirs[k] == v for k, v in mine.items() if k in theirs):
+            return False
+        # "URI header components are never ignored ... the headers MUST be present in
+        # both URIs and match".
+        return _decoded_headers(self.headers) == _decoded_headers(other.headers)
+
+
+def validate_uri(text: str) -> bool:
+    """Check ``text`` by exactly the rule :meth:`URI.parse` applies, without building
+    the value (the parser's fast path); raise :class:`SIPParseError` naming the defect.
+
+    Returns True for a sip/sips URI with ``?headers``, False otherwise."""
+    m = _SIP_URI.match(text)
+    if m is None:
+        _other_scheme(text)
+        return False
+    check_host_port(m.group("host"), m.group("port"))
+    return m.group("headers") is not None
+
+
+def _other_scheme(text: str) -> str:
+    """The scheme of a valid non-SIP absoluteURI, or raise naming the defect."""
+    other = _OTHER_URI.match(text)
+    if other is None:
+        _diagnose(text)
+    scheme = other.group("scheme").lower()
+    if scheme in SIP_SCHEMES:
+        _diagnose(text)
+    return scheme
+
+
+def check_host_port(host: str, port_text: str | None) -> int | None:
+    """The checks on a matched host and port the grammar regex cannot make (IPv6
+    reference syntax, port range); returns the port."""
+    if host[0] == "[":
+        _check_ipv6(host)
+    if port_text is None:
+        return None
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise SIPParseError("Bad port in URI")
+    return port
+
+
+def _split_param(item: str) -> tuple[str, str | None]:
+    name, eq, value = item.partition("=")
+    return name, (value if eq else None)
+
+
+def _decoded_params(params: tuple[tuple[str, str | None], ...]) -> dict[str, str]:
+    return {unquote(k).lower(): unquote(v or "").lower() for k, v in params}
+
+
+def _decoded_headers(headers: str | None) -> frozenset[tuple[str, str]]:
+    if not headers:
+        return frozenset()
+    out = set()
+    for item in headers.split("&"):
+        name, _, value = item.partition("=")
+        out.add((unquote(name).lower(), unquote(value)))
+    return frozenset(out)
+
+
+def _check_ipv6(ref: str) -> None:
+    try:
+        ipaddress.IPv6Address(ref[1:-1])
+    except ValueError:
+        raise SIPParseError("Bad IPv6 reference") from None
+
+
+def _diagnose(text: str) -> NoReturn:
+    """Raise the :class:`SIPParseError` that names why ``text`` is not a URI."""
+    colon = text.find(":")
+    if colon <= 0:
+        raise SIPParseError("URI has no scheme")
+    if not _SCHEME.match(text[:colon]):
+        raise SIPParseError("URI scheme is not a token")
+    rest = text[colon + 1 :]
+    if not rest:
+        raise SIPParseError("Empty URI after the scheme")
+    if any(c in rest for c in " \t\r\n"):
+        raise SIPParseError("Whitespace inside a URI")
+    if any(c in rest for c in '<>"'):
+        raise SIPParseError('Characters <>" inside a URI')
+    if text[:colon].lower() not in SIP_SCHEMES:
+        raise SIPParseError("Control characters inside a URI")
+    q = rest.find("?")
+    at = rest.rfind("@", 0, q if q != -1 else len(rest))
+    if at == 0 or rest.startswith(":"):
+        raise SIPParseError("Empty user part before @ in URI")
+    if "%" in text and re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise SIPParseError("Bad %-escape in URI")
+    if q != -1:
+        raise SIPParseError("Bad URI headers")
+    hostpart = rest[at + 1 :].split(";", 1)
+    if not hostpart[0]:
+        raise SIPParseError("URI has no host")
+    if ":" in hostpart[0] and hostpart[0].startswith("[") is False:
+        port = hostpart[0].rpartition(":")[2]
+        if not port.isdigit():
+            raise SIPParseError("Bad port in URI")
+    if not _HOSTPORT.match(hostpart[0]):
+        raise SIPParseError("Bad host in URI")
+    if len(hostpart) > 1:
+        raise SIPParseError("Bad URI parameter")
+    raise SIPParseError("Bad characters in URI user part")
 
 
 def parse_hostport(text: str) -> tuple[str, int | None]:
     """Split ``host[:port]`` (with IPv6 references in brackets); validate both parts."""
     if not text:
         raise SIPParseError("URI has no host")
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1 or not _IPV6_BODY.match(text[1:end]) or ":" not in text[1:end]:
-            raise SIPParseError("Bad IPv6 reference")
-        host, rest = text[: end + 1], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise SIPParseError("Junk after IPv6 reference")
-        port_text = rest[1:] if rest else None
-    else:
-        host, sep, port_text_ = text.partition(":")
-        port_text = port_text_ if sep else None
-        if not (_IPV4.match(host) or _HOSTNAME.match(host)):
-            raise SIPParseError("Bad host in URI")
+    m = _HOSTPORT.match(text)
+    if m is None:
+        raise SIPParseError("Bad host or port")
+    host = m.group("host")
+    if host[0] == "[":
+        _check_ipv6(host)
+    port_text = m.group("port")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
-            raise SIPParseError("Bad port")
         port = int(port_text)
+        if not 0 < port < 65536:
+            raise SIPParseError("Bad port")
     return host, port
