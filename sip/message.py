@@ -184,8 +184,10 @@ def make_response(
         if name in ("Via", "From", "Call-ID", "CSeq"):
             copied.append((name, value))
         elif name == "To":
-            if to_tag is not None and status != 100 and "tag=" not in value.lower():
-                value = str(NameAddr.parse(value).with_tag(to_tag))
+            if to_tag is not None and status != 100 and NameAddr.parse(value).tag is None:
+                # Appending keeps the sender's spelling of To byte for byte; after an
+                # addr-spec or a <URI> alike, ";tag=" starts a header parameter.
+                value = f"{value};tag={to_tag}"
             copied.append((name, value))
         elif name == "Record-Route" and 100 < status < 300:
             copied.append((name, value))
