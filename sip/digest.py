@@ -107,15 +107,16 @@ def _quote(value: str) -> str:
 
 
 def _parse_auth_value(value: str) -> tuple[str, dict[str, str]] | None:
-    """Split ``Scheme k=v, k="v"`` into (lower-cased scheme, {lower-cased name: value}).
+    """Split ``Digest k=v, k="v"`` into ("digest", {lower-cased name: value}).
 
-    Returns None when the value has no scheme token; raises SIPParseError when the
-    parameter list is not well formed.  (On the REGISTER hot path: one regex scan, each
+    Returns None when the scheme is not Digest (other schemes' parameters, e.g. Basic's
+    token68, are not ours to judge); raises SIPParseError when a Digest parameter list
+    is not well formed.  (On the REGISTER hot path: one regex scan, each
     match must start where the previous one ended, so junk cannot hide between them.)"""
     if len(value) > _MAX_AUTH_VALUE:
         raise SIPParseError("Authorization header value is too long")
     m = _SCHEME.match(value)
-    if m is None:
+    if m is None or m.group(1).lower() != "digest":
         return None
     params: dict[str, str] = {}
     pos = m.end()
@@ -138,7 +139,7 @@ def _parse_auth_value(value: str) -> tuple[str, dict[str, str]] | None:
             break
     if pos < end:
         raise SIPParseError("Malformed parameters in an authentication header")
-    return m.group(1).lower(), params
+    return "digest", params
 
 
 # -- credentials (Authorization / Proxy-Authorization) -----------------------------------
