@@ -300,6 +300,9 @@ class ServerTransaction(_Transaction):
         self.source = source
 
 
+Transaction = ClientTransaction | ServerTransaction
+
+
 # -- actions -------------------------------------------------------------------------------
 
 
@@ -394,18 +397,38 @@ def _strip_brackets(host: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
+def _via_fields(via: Via) -> tuple[str | None, str | None, str | None]:
+    """``branch``, ``received`` and ``rport`` of a Via in one pass over its parameters
+    (names are case-insensitive; a flag reads as '')."""
+    branch = received = rport = None
+    for name, value in via.params:
+        lowered = name.lower()
+        if lowered == "branch":
+            branch = value or ""
+        elif lowered == "received":
+            received = value or ""
+        elif lowered == "rport":
+            rport = value or ""
+    return branch, received, rport
+
+
 def response_destination(via: Via, source: Address, transport: str) -> Address:
     """Where a server transaction sends its responses (18.2.2 with RFC 3581).
 
     ``via`` is the request's top Via as the transport shell left it (with ``received``
     and a valued ``rport`` added); ``maddr`` is not supported."""
-    if transport.upper() != "UDP":
+    _, received, rport = _via_fields(via)
+    return _response_destination(via, received, rport, source, transport)
+
+
+def _response_destination(
+    via: Via, received: str | None, rport: str | None, source: Address, transport: str
+) -> Address:
+    if transport != "UDP" and transport.upper() != "UDP":
         # 18.2.2: "If the "sent-protocol" is a reliable transport protocol such as TCP
         # or SCTP ... the response MUST be sent using the existing connection to the
         # source of the original request".
         return source
-    rport = via.param("rport")
-    received = via.param("received")
     if rport and rport.isdigit():
         # RFC 3581 4: the response goes "to the IP address ... in the "received"
         # parameter ... and the port in the "rport" parameter", i.e. the packet's source.
@@ -448,16 +471,22 @@ class TransactionLayer:
     dropped.  It does raise :class:`SIPValueError` for misuse by the TU.
     """
 
-    __slots__ = ("_settings", "_send_trying", "_clients", "_servers", "_heap", "_now")
+    __slots__ = (
+        "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
+        "_udp_intervals", "_reliable_intervals",
+    )
 
     def __init__(
         self, *, t1: float = 0.5, t2: float = 4.0, t4: float = 5.0, send_trying: bool = True
     ) -> None:
-        self._settings = TimerSettings(t1=t1, t2=t2, t4=t4)
+        self._settings = settings = TimerSettings(t1=t1, t2=t2, t4=t4)
+        # First intervals looked up once per transport kind rather than worked out per timer.
+        self._udp_intervals = {t: settings.initial(t, reliable=False) for t in Timer}
+        self._reliable_intervals = {t: settings.initial(t, reliable=True) for t in Timer}
         self._send_trying = send_trying
         self._clients: dict[Key, ClientTransaction] = {}
         self._servers: dict[Key, ServerTransaction] = {}
-        self._heap: TimerHeap[_Transaction] = TimerHeap()
+        self._heap: TimerHeap[Transaction] = TimerHeap()
         self._now = 0.0
 
     # -- the public API ------------------------------------------------------------------
@@ -569,7 +598,7 @@ class TransactionLayer:
     ) -> None:
         via = request.top_via
         method = request.method
-        branch = via.branch
+        branch, received, rport = _via_fields(via)
         rfc3261 = is_rfc3261_branch(branch)
         if rfc3261:
             # 17.2.3: match on the branch, the sent-by of the top Via, and the method
@@ -599,7 +628,8 @@ class TransactionLayer:
         is_invite = method == "INVITE"
         kind = Kind.INVITE_SERVER if is_invite else Kind.NON_INVITE_SERVER
         tx = ServerTransaction(
-            request, kind, transport, response_destination(via, source, transport), key, source
+            request, kind, transport,
+            _response_destination(via, received, rport, source, transport), key, source,
         )
         self._servers[key] = tx
         if is_invite:
@@ -678,7 +708,7 @@ class TransactionLayer:
 
     def _fire(
         self,
-        tx: _Transaction,
+        tx: Transaction,
         stimulus: Stimulus | Timer,
         message: Request | Response | None,
         now: float,
@@ -693,7 +723,12 @@ class TransactionLayer:
         tx.state = target
         at_once: Timer | None = None
         for effect in effects:
-            if effect is Effect.SEND_RESPONSE:
+            if effect.__class__ is Timer:
+                # Timers come last in a row and are the commonest effect: test them first.
+                assert isinstance(effect, Timer)
+                if self._start_timer(tx, effect, now):
+                    at_once = effect
+            elif effect is Effect.SEND_RESPONSE:
                 assert isinstance(message, Response)
                 tx.last_response = message
                 out.append(Send(message, tx.destination, tx.transport))
@@ -731,10 +766,6 @@ class TransactionLayer:
                 assert isinstance(tx, ClientTransaction)
                 if tx._cancel_wanted:
                     self._send_cancel(tx, now, out)
-            else:
-                assert isinstance(effect, Timer)
-                if self._start_timer(tx, effect, now):
-                    at_once = effect
         if target is S.TERMINATED:
             if stimulus is Timer.H:
                 # 17.2.1: Timer H firing "implies that the ACK was never received"; the
@@ -748,9 +779,9 @@ class TransactionLayer:
             self._fire(tx, at_once, None, now, out)
         return True
 
-    def _start_timer(self, tx: _Transaction, timer: Timer, now: float) -> bool:
+    def _start_timer(self, tx: Transaction, timer: Timer, now: float) -> bool:
         """Arm ``timer`` with its first interval; True if it is due immediately."""
-        interval = self._settings.initial(timer, tx._reliable)
+        interval = (self._reliable_intervals if tx._reliable else self._udp_intervals)[timer]
         if interval is None:
             return False
         if interval == 0.0:
@@ -760,7 +791,7 @@ class TransactionLayer:
         self._arm(tx, timer, now, interval)
         return False
 
-    def _arm(self, tx: _Transaction, timer: Timer, start: float, interval: float) -> None:
+    def _arm(self, tx: Transaction, timer: Timer, start: float, interval: float) -> None:
         deadline = start + interval
         if deadline <= self._now:
             # The driver woke up late (by more than an interval): retransmit once now and
@@ -768,21 +799,18 @@ class TransactionLayer:
             deadline = self._now + interval
         self._heap.push(deadline, tx, timer)
 
-    def _forget(self, tx: _Transaction, out: list[Action]) -> None:
+    def _forget(self, tx: Transaction, out: list[Action]) -> None:
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
-            out.append(Terminated(tx))
-        else:
-            assert isinstance(tx, ServerTransaction)
-            if self._servers.get(tx.key) is tx:
-                del self._servers[tx.key]
-            out.append(Terminated(tx))
+        elif self._servers.get(tx.key) is tx:
+            del self._servers[tx.key]
+        out.append(Terminated(tx))
 
 
-def _status(tx: _Transaction) -> int:
+def _status(tx: Transaction) -> int:
     return 0 if tx.last_response is None else tx.last_response.status
 
 
-def _timer_is_live(tx: _Transaction, timer: Timer) -> bool:
+def _timer_is_live(tx: Transaction, timer: Timer) -> bool:
     return timer in tx._table[tx.state]
