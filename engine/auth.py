@@ -62,21 +62,27 @@ class AuthResult:
 class Authenticator:
     """Digest authentication plus the failure throttle (see the module docstring).
 
-    Build with :meth:`from_store` in the composition root; the constructor takes the
-    parts for tests that want their own challenger."""
+    The nonce key is ``secret`` if given, else the store's :meth:`Store.server_secret`
+    (kept in the data directory, so nonces survive restarts); a ready ``challenger`` may
+    be passed instead (tests)."""
 
     def __init__(
         self,
         *,
         store: Store,
-        challenger: DigestChallenger,
         events: EventBus,
+        secret: bytes | None = None,
+        challenger: DigestChallenger | None = None,
+        nonce_lifetime: float = 300.0,
         max_failures: int = 5,
         failure_window: float = 60.0,
         lockout: float = 900.0,
         max_tracked: int = 100_000,
     ) -> None:
         self._store = store
+        if challenger is None:
+            key = secret if secret is not None else store.server_secret()
+            challenger = DigestChallenger(key, nonce_lifetime)
         self.challenger = challenger
         self._events = events
         self.max_failures = max_failures
@@ -87,16 +93,6 @@ class Authenticator:
         self._failures: dict[str, deque[float]] = {}
         # key -> end of its lock-out
         self._locked: dict[str, float] = {}
-
-    @classmethod
-    def from_store(cls, store: Store, events: EventBus, *, nonce_lifetime: float = 300.0,
-                   max_failures: int = 5, failure_window: float = 60.0,
-                   lockout: float = 900.0) -> Authenticator:
-        """An authenticator whose nonce key is kept in the store, so nonces issued before
-        a restart stay valid."""
-        challenger = DigestChallenger(store.secret("digest-nonce-key"), nonce_lifetime)
-        return cls(store=store, challenger=challenger, events=events, max_failures=max_failures,
-                   failure_window=failure_window, lockout=lockout)
 
     # -- the check ------------------------------------------------------------------------
     def check(
@@ -158,11 +154,11 @@ class Authenticator:
                           headers=self.challenge_headers(realm, now, proxy=proxy, stale=stale))
 
     def _account(self, user: str, domain: str, now: float) -> Account | None:
-        account = self._store.directory(now).account(user, domain)
+        account = self._store.directory().account(user, domain)
         if account is None:
             # A miss may be an account the CLI added a moment ago: look again at once
             # (cheap: a pragma read unless something changed).
-            account = self._store.directory(now, force=True).account(user, domain)
+            account = self._store.directory(force=True).account(user, domain)
         return account
 
     @staticmethod

@@ -7,16 +7,18 @@ REGISTER, :meth:`Registrar.lookup` to route requests to an address-of-record,
 :meth:`Registrar.keepalive_targets` for NAT keep-alives and :meth:`Registrar.sweep`
 periodically::
 
-    registrar = Registrar(store=store, auth=Authenticator.from_store(store, bus),
-                          events=bus, domain="example.com")
+    store = Store.open(data_dir, default_domain="example.com")
+    registrar = Registrar(store=store, auth=Authenticator(store=store, events=bus), events=bus)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_writer)
+        await registrar.load(now=time.time())   # optional: bindings are loaded at init
         response = await registrar.handle_register(request, source=addr, transport="UDP",
                                                    local=sock_addr, now=time.time())
 
 Domains: the To host of a REGISTER is resolved to a served domain by name or alias (see
 ``dialspell domain add``); otherwise the server's default domain (``domain=``) and the
-local socket's address stand for the pseudo-domain ``local``.  The digest realm is the
+local socket's address stand for the pseudo-domain ``local``.  The default domain is
+``domain=`` or else the store's ``default_domain``.  The digest realm is the
 resolved domain's name, so every user of a domain gets the same challenge.
 """
 
@@ -63,7 +65,7 @@ class Registrar:
         store: Store,
         auth: Authenticator,
         events: EventBus,
-        domain: str,
+        domain: str | None = None,
         local_hosts: Iterable[str] = (),
         max_bindings: int = 10,
         min_expires: int = 60,
@@ -75,7 +77,7 @@ class Registrar:
         self._store = store
         self._auth = auth
         self._events = events
-        self.domain = domain.lower()
+        self.domain = (domain or store.default_domain or "").lower()
         self._local_hosts = {_bare(h) for h in local_hosts}
         self.max_bindings = max_bindings
         self.min_expires = min_expires
@@ -83,16 +85,28 @@ class Registrar:
         self.default_expires = default_expires
         # account id -> its bindings in registration order (oldest first)
         self._bindings: dict[int, list[Binding]] = {}
-        for binding in store.load_bindings():
-            self._bindings.setdefault(binding.account_id, []).append(binding)
-        logger.info("registrar loaded %d bindings",
-                    sum(len(b) for b in self._bindings.values()))
+        self._load()
+
+    def _load(self) -> None:
+        bindings: dict[int, list[Binding]] = {}
+        for binding in self._store.load_bindings():
+            bindings.setdefault(binding.account_id, []).append(binding)
+        self._bindings = bindings
+        logger.info("registrar loaded %d bindings", sum(len(b) for b in bindings.values()))
+
+    async def load(self, now: float) -> int:
+        """Reload the bindings from SQLite (they are loaded at construction too) and
+        sweep those that expired while the server was down.  Needs the store's writer.
+        Returns how many bindings remain."""
+        self._load()
+        await self.sweep(now)
+        return self.binding_count()
 
     # -- domains ------------------------------------------------------------------------
     def resolve_domain(self, host: str, now: float) -> str | None:
         """The served domain (as stored) that ``host`` names, or None."""
         host = _bare(host).lower()
-        name = self._store.directory(now).hosts.get(host)
+        name = self._store.directory().hosts.get(host)
         if name is not None:
             return name
         if host == self.domain or host in self._local_hosts:
@@ -324,7 +338,7 @@ class Registrar:
         domain = self.resolve_domain(host, check_time)
         if domain is None:
             return []
-        account = self._store.directory(check_time).account(user, domain)
+        account = self._store.directory().account(user, domain)
         if account is None:
             return []
         return self.bindings_of(account.id, now)
@@ -338,7 +352,7 @@ class Registrar:
 
     def keepalive_targets(self, now: float) -> list[Binding]:
         """Unexpired bindings of accounts that have the keep-alive flag."""
-        by_id = self._store.directory(now).accounts_by_id
+        by_id = self._store.directory().accounts_by_id
         out: list[Binding] = []
         for account_id, bindings in self._bindings.items():
             account = by_id.get(account_id)
@@ -352,7 +366,7 @@ class Registrar:
     async def sweep(self, now: float) -> int:
         """Remove expired bindings (from memory, then SQLite) and those of accounts that
         no longer exist; publish ``expired`` events.  Returns how many went."""
-        by_id = self._store.directory(now).accounts_by_id
+        by_id = self._store.directory().accounts_by_id
         gone: list[Binding] = []
         for account_id in list(self._bindings):
             bindings = self._bindings[account_id]

@@ -43,6 +43,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,8 +307,11 @@ class Store:
     :meth:`open`."""
 
     def __init__(self, data_dir: Path, *, write: sqlite3.Connection, read: sqlite3.Connection,
-                 max_batch: int = 2000, queue_size: int = 10_000) -> None:
+                 default_domain: str | None = None, max_batch: int = 2000,
+                 queue_size: int = 10_000) -> None:
         self.data_dir = data_dir
+        #: the server's ``--domain`` (what ``local`` stands for), if this store serves one
+        self.default_domain = default_domain.lower() if default_domain else None
         self.path = data_dir / DB_FILENAME
         self._write = write
         self._db = sqlite_utils.Database(write)
@@ -325,10 +329,14 @@ class Store:
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR) -> Store:
+    def open(cls, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, *,
+             default_domain: str | None = None) -> Store:
         """Open (creating if needed) the data directory and its database, and run any
         migrations not yet applied.  Raises :class:`DataDirError` with advice when the
-        directory cannot be used."""
+        directory cannot be used.
+
+        ``default_domain`` is the server's ``--domain``: the name the pseudo-domain
+        ``local`` answers to (the CLI leaves it out)."""
         path = Path(data_dir)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -349,7 +357,7 @@ class Store:
             read = cls._connect(path / DB_FILENAME)
         except sqlite3.Error as exc:
             raise DataDirError(f"cannot open {str(path / DB_FILENAME)!r}: {exc}") from exc
-        store = cls(path, write=write, read=read)
+        store = cls(path, write=write, read=read, default_domain=default_domain)
         store._migrate()
         return store
 
@@ -424,6 +432,10 @@ class Store:
                          (name, secrets.token_bytes(size)))
             value = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return bytes(value[0])
+
+    def server_secret(self) -> bytes:
+        """The key of digest nonces (see :meth:`secret`)."""
+        return self.secret("digest-nonce-key")
 
     # -- customers ----------------------------------------------------------------------
     def add_customer(self, name: str, password: str, *, email: str | None = None,
@@ -585,14 +597,31 @@ class Store:
                                  (customer_id, name)).fetchone()
         return None if row is None else str(row[0])
 
+    def served_domain(self, host: str) -> str | None:
+        """The served domain (as stored) that ``host`` names: a domain's name or alias,
+        or the default domain (then ``local``); None if not served."""
+        host = host.lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        name = self.directory().hosts.get(host)
+        if name is None and host == self.default_domain:
+            return LOCAL_DOMAIN
+        return name
+
+    def is_served_domain(self, host: str) -> bool:
+        """Whether ``host`` is a served domain, alias or the default domain."""
+        return self.served_domain(host) is not None
+
     # -- the directory cache ------------------------------------------------------------
-    def directory(self, now: float, *, force: bool = False) -> Directory:
+    def directory(self, *, force: bool = False) -> Directory:
         """The current accounts and domains, from memory.
 
-        At most every :data:`DIRECTORY_RECHECK` seconds of ``now`` (or at once with
-        ``force``, for a caller that just missed) it asks SQLite whether another
-        connection committed (``PRAGMA data_version``, no I/O) and, only then, whether
-        the directory tables changed (a one-row read); only then does it reload."""
+        At most every :data:`DIRECTORY_RECHECK` seconds (or at once with ``force``, for a
+        caller that just missed) it asks SQLite whether another connection committed
+        (``PRAGMA data_version``, no I/O) and, only then, whether the directory tables
+        changed (a one-row read); only then does it reload.  (A freshness interval, so
+        it runs on the monotonic clock, not on the protocol's ``now``.)"""
+        now = time.monotonic()
         cached = self._directory
         if cached is not None and not force and 0 <= now - self._checked_at < DIRECTORY_RECHECK:
             return cached
