@@ -20,14 +20,27 @@ from __future__ import annotations
 import re
 
 from sip.errors import SIPParseError
-from sip.headers import COMPACT, TOKEN, Headers, NameAddr, Via, canonical_name, split_commas
+from sip.headers import (
+    COMPACT,
+    TOKEN,
+    TOKEN_CHARS,
+    Headers,
+    NameAddr,
+    canonical_name,
+    split_commas,
+)
 from sip.message import Request, Response, make_response, new_tag
 from sip.parse import MAX_MESSAGE
+from sip.uri import HOST_RE
 
 _ECHO_MAX = 40  # longest piece of the request echoed in a reason phrase
 _COPIED = ("Via", "From", "To", "Call-ID", "CSeq")
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_ANY_VERSION = re.compile(r"^[ \t]*SIP[ \t]*/[ \t]*[0-9.]+[ \t]*/", re.IGNORECASE)
+_ROUTABLE_VIA = re.compile(
+    rf"[ \t]*SIP[ \t]*/[ \t]*[0-9.]+[ \t]*/[ \t]*[{TOKEN_CHARS}]+[ \t]+(?:{HOST_RE})"
+    r"(?:[ \t]*:[ \t]*[0-9]{1,5})?(?:[ \t;]|\Z)",
+    re.IGNORECASE,
+)
 
 
 def check_request(
@@ -195,11 +208,10 @@ def build_error_response(data: bytes, error: SIPParseError) -> Response | None:
     vias = [v for line in found.get("Via", ()) for v in split_commas(line)]
     if not vias:
         return None
-    # RFC 3261 18.2.2: the top Via says where the answer goes.  A request refused for its
-    # version (505) carries that version in its Via too, so only sent-by must be sound.
-    try:
-        Via.parse(_ANY_VERSION.sub("SIP/2.0/", vias[0], count=1))
-    except SIPParseError:
+    # RFC 3261 18.2.2: the top Via says where the answer goes, so its sent-by must be
+    # readable; the rest of it may be the very defect being reported (RFC 4475 badinv01
+    # and badvers carry theirs in the Via).
+    if _ROUTABLE_VIA.match(vias[0]) is None:
         return None
     items: list[tuple[str, str]] = [("Via", line) for line in found["Via"]]
     for name in ("From", "To", "Call-ID", "CSeq"):
