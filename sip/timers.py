@@ -32,6 +32,8 @@ class Timer(Enum):
     K = "K"  # non-INVITE client: absorb response retransmissions in Completed
     L = "L"  # INVITE server (RFC 6026): absorb INVITE retransmissions in Accepted
     M = "M"  # INVITE client (RFC 6026): pass up 2xx retransmissions in Accepted
+    # Unnamed in the RFC: 9.1 gives a cancelled INVITE 64*T1 to get its final response.
+    AFTER_CANCEL = "after CANCEL"
 
 
 # Timers that exist only to retransmit over an unreliable transport.  RFC 3261 17.1.1.2:
@@ -69,7 +71,7 @@ class TimerSettings:
             return max(32.0, 64 * self.t1)
         if timer is Timer.I or timer is Timer.K:
             return self.t4
-        # B, F, H, J, L and M are all 64*T1.
+        # B, F, H, J, L, M and AFTER_CANCEL are all 64*T1.
         return 64 * self.t1
 
     def next_interval(self, timer: Timer, interval: float, proceeding: bool = False) -> float:

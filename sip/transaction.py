@@ -121,6 +121,11 @@ TRANSITIONS: dict[Kind, dict[TransactionState, dict[Stimulus | Timer, Row]]] = {
         },
         S.PROCEEDING: {
             Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
+            # 9.1: "If there is no final response for the original request in 64*T1
+            # seconds ..., the client SHOULD then consider the original transaction
+            # cancelled and SHOULD destroy the client transaction".  Without this a
+            # peer that never answers a CANCEL would pin the transaction forever.
+            Timer.AFTER_CANCEL: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
             Stimulus.RECV_2XX: (S.ACCEPTED, (Effect.PASS_RESPONSE_UP, Timer.M)),
             Stimulus.RECV_3XX_6XX: (
                 S.COMPLETED, (Effect.SEND_ACK, Effect.PASS_RESPONSE_UP, Timer.D)),
@@ -363,7 +368,8 @@ class StrayResponse:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """Timer B or F fired: the TU treats it as a 408 (8.1.3.1)."""
+    """Timer B or F fired (the TU treats it as a 408, 8.1.3.1), or a cancelled INVITE got
+    no final response within 64*T1 of its CANCEL (9.1)."""
 
     transaction: ClientTransaction
 
@@ -556,7 +562,9 @@ class TransactionLayer:
         first provisional, because 9.1 says "If no provisional response has been
         received, the CANCEL request MUST NOT be sent".  Nothing happens when the INVITE
         already has a final response, when it is not an INVITE ("SHOULD NOT be sent to
-        cancel non-INVITE requests"), or when a CANCEL was already asked for."""
+        cancel non-INVITE requests"), or when a CANCEL was already asked for.  Once the
+        CANCEL is out, the INVITE gets 64*T1 for its final response before it ends with
+        :class:`TimedOut` (9.1)."""
         self._now = now
         if not transaction.is_invite or transaction.cancel_transaction is not None:
             return []
@@ -703,6 +711,7 @@ class TransactionLayer:
         invite.cancel_transaction = self._start_client(
             make_cancel(invite.request), invite.destination, invite.transport, now, out
         )
+        self._start_timer(invite, Timer.AFTER_CANCEL, now)
 
     # -- the engine --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from sip.transaction import (
     ServerTransaction,
     StrayResponse,
     Terminated,
+    TimedOut,
     TransactionLayer,
     TransactionState,
 )
@@ -314,6 +315,33 @@ def test_cancel_after_a_provisional_goes_out_at_once_and_only_once() -> None:
     assert isinstance(cancel.message, Request) and cancel.message.method == "CANCEL"
     assert cancel.transport == "TCP"
     assert layer.cancel(tx, 1.1) == []
+
+
+def test_a_cancelled_invite_without_a_final_response_ends_after_64_t1() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx, _ = layer.request(invite, PEER, "UDP", 0.0)
+    layer.receive(make_response(invite, 180, to_tag="uas"), PEER, "UDP", 1.0)
+    layer.cancel(tx, 10.0)
+    cancel_tx = tx.cancel_transaction
+    assert cancel_tx is not None
+    ok = make_response(cancel_tx.request, 200, to_tag="uas")
+    layer.receive(ok, PEER, "UDP", 10.1)  # the CANCEL is answered; the 487 never comes
+
+    assert layer.expire(41.9) == [Terminated(cancel_tx)]  # Timer K of the CANCEL
+    assert state(tx) is TransactionState.PROCEEDING
+    assert layer.expire(42.0) == [TimedOut(tx), Terminated(tx)]  # 9.1: 10 + 64*T1
+    assert layer.statistics()["client_transactions"] == 0
+
+
+def test_an_uncancelled_invite_may_ring_for_as_long_as_the_tu_likes() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx, _ = layer.request(invite, PEER, "UDP", 0.0)
+    layer.receive(make_response(invite, 180, to_tag="uas"), PEER, "UDP", 1.0)
+
+    assert layer.expire(3600.0) == []
+    assert state(tx) is TransactionState.PROCEEDING
 
 
 def test_there_is_nothing_to_cancel_after_a_final_response() -> None:
