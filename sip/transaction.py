@@ -293,12 +293,7 @@ class ServerTransaction(_Transaction):
     __slots__ = ("source",)
 
     def __init__(
-        self,
-        request: Request,
-        kind: Kind,
-        transport: str,
-        destination: Address,
-        key: Key,
+        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key,
         source: Address,
     ) -> None:
         super().__init__(request, kind, transport, destination, key)
@@ -454,15 +449,6 @@ def _key_2543(request: Request, via: Via, to_tag: str | None, method: str) -> Ke
         str(request.uri), request.from_.tag, request.call_id, request.cseq.number,
         via.transport, via.host.lower(), via.port, via.branch, to_tag, method,
     )
-
-
-def _to_tag(response: Response | None) -> str | None:
-    if response is None:
-        return None
-    try:
-        return response.to.tag
-    except SIPParseError:
-        return None
 
 
 # -- the layer ---------------------------------------------------------------------------
@@ -666,7 +652,8 @@ class TransactionLayer:
         if ack_tag is None:
             return None
         tx = self._servers.get(_key_2543(ack, via, None, "INVITE"))
-        if tx is not None and _to_tag(tx.last_response) == ack_tag:
+        # The response's To was built by our TU, so it parses.
+        if tx is not None and tx.last_response is not None and tx.last_response.to.tag == ack_tag:
             return tx
         return None
 
@@ -779,7 +766,7 @@ class TransactionLayer:
             if stimulus is Timer.H:
                 # 17.2.1: Timer H firing "implies that the ACK was never received"; the
                 # TU learns of it through the Terminated action that follows.
-                logger.info("No ACK for the %d to %s from %s:%s", _status(tx),
+                logger.info("No ACK for the error response to %s from %s:%s",
                             tx.request.method, tx.destination[0], tx.destination[1])
             self._forget(tx, out)
         elif at_once is not None:
@@ -815,10 +802,6 @@ class TransactionLayer:
         elif self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
         out.append(Terminated(tx))
-
-
-def _status(tx: Transaction) -> int:
-    return 0 if tx.last_response is None else tx.last_response.status
 
 
 def _timer_is_live(tx: Transaction, timer: Timer) -> bool:
