@@ -10,7 +10,8 @@ Exception tree::
     SIPError
     ├── SIPParseError     bytes from the network that are not an acceptable message
     │                     (``status`` is the response a server should send, e.g. 400/505)
-    └── SIPValueError     a value our own code tried to put into a message is invalid
+    ├── SIPValueError     a value our own code tried to put into a message is invalid
+    └── SDPError          an SDP body from the network that cannot be parsed
 
 This package never imports ``engine`` or ``sandbox``.
 """

@@ -34,3 +34,8 @@ class SIPParseError(SIPError):
 
 class SIPValueError(SIPError, ValueError):
     """A value given by our own code cannot be put into a SIP message."""
+
+
+class SDPError(SIPError):
+    """An SDP body (RFC 4566) that cannot be parsed.  Bodies come from the network, so
+    :mod:`sip.sdp` raises this and nothing else for any input."""
