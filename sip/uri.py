@@ -299,7 +299,9 @@ def _diagnose(text: str) -> NoReturn:
     hostpart = rest[at + 1 :].split(";", 1)
     if not hostpart[0]:
         raise SIPParseError("URI has no host")
-    if ":" in hostpart[0] and hostpart[0].startswith("[") is False:
+    if hostpart[0].startswith("["):
+        raise SIPParseError("Bad IPv6 reference")
+    if ":" in hostpart[0]:
         port = hostpart[0].rpartition(":")[2]
         if not port.isdigit():
             raise SIPParseError("Bad port in URI")
@@ -316,7 +318,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         raise SIPParseError("URI has no host")
     m = _HOSTPORT.match(text)
     if m is None:
-        raise SIPParseError("Bad host or port")
+        raise SIPParseError("Bad IPv6 reference" if text[0] == "[" else "Bad host or port")
     host = m.group("host")
     if host[0] == "[":
         _check_ipv6(host)
