@@ -499,9 +499,15 @@ class StreamFramer:
 def _stream_content_length(head: bytes) -> int:
     is_response = head[:4].upper() == b"SIP/"
     found: list[bytes] = []
+    in_length = False
     for line in head.split(b"\r\n")[1:]:
+        if line[:1] in (b" ", b"\t"):
+            if in_length:  # a folded value continues the header above (RFC 3261 7.3.1)
+                found[-1] = (found[-1] + b" " + line.strip(b" \t")).strip(b" \t")
+            continue
         name, colon, value = line.partition(b":")
-        if colon and name.rstrip(b" \t").lower() in (b"content-length", b"l"):
+        in_length = bool(colon) and name.rstrip(b" \t").lower() in (b"content-length", b"l")
+        if in_length:
             found.append(value.strip(b" \t"))
     if not found:
         # RFC 3261 18.3: "In the case of stream-oriented transports such as TCP, the

@@ -248,6 +248,12 @@ def test_framer_cuts_messages_by_content_length() -> None:
     assert framer.buffered == 0 and framer.take_keepalive_pings() == 0
 
 
+def test_framer_reads_a_folded_content_length() -> None:
+    data = message(body=b"abc").replace(b"Content-Length: 3", b"Content-Length:\r\n 3")
+    assert StreamFramer().feed(data + b"rest") == [data]
+    assert parse_message_untrusted(data).body == b"abc"
+
+
 def test_framer_byte_by_byte() -> None:
     stream = message(body=b"abc") + message("SIP/2.0 200 OK") + message(body=b"\r\n\r\n")
     framer = StreamFramer()
