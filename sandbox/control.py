@@ -18,12 +18,15 @@ class ScriptControl(BaseException):
 
 
 class LimitExceeded(ScriptControl):
-    """A limit was hit: the execution ends with ``limit_exceeded: <kind>``."""
+    """A limit was hit: the execution ends with ``limit_exceeded: <kind>``.
 
-    def __init__(self, kind: LimitKind, detail: str = "") -> None:
-        super().__init__(kind, detail)
-        self.kind = kind
-        self.detail = detail
+    No Python-level ``__init__``: the timer handler may raise it one frame below the
+    recursion limit, where calling any Python function would itself fail.
+    """
+
+    @property
+    def kind(self) -> LimitKind:
+        return LimitKind(self.args[0])
 
 
 class EndScript(ScriptControl):

@@ -12,6 +12,7 @@ backstop, because after a MemoryError nothing in the process is trustworthy.
 from __future__ import annotations
 
 import operator
+from time import process_time
 import re as stdlib_re
 from collections.abc import Callable, Iterable
 from types import MappingProxyType
@@ -150,6 +151,8 @@ class Budgeted(Protocol):
 
     limits: Limits
     alloc: int
+    cpu_used: float
+    slice_start: float
 
 
 class Guards:
@@ -175,6 +178,17 @@ class Guards:
         current.alloc += size
         if current.alloc > limits.alloc_bytes:
             raise LimitExceeded(LimitKind.MEMORY, "the execution allocated too much")
+
+    def check(self) -> None:
+        """Called first in every except clause: a spent CPU budget ends the script.
+
+        The timer handler cannot run one frame below the recursion limit; a script
+        that spins there by catching RecursionError passes through an except clause
+        on every round, and this check (plain C calls) stops it.
+        """
+        current = self.current
+        if current.cpu_used + (process_time() - current.slice_start) >= current.limits.cpu_seconds:
+            raise LimitExceeded(LimitKind.CPU)
 
     def _int_result(self, bits: int, what: str) -> None:
         if bits > self.current.limits.int_bits:
@@ -382,6 +396,7 @@ class GlobalsFactory:
         namespace["_lshift_"] = guards.lshift
         namespace["_mod_"] = guards.mod
         namespace["_format_"] = guards.format
+        namespace["_check_"] = guards.check
         namespace["_print_"] = printer
         self._template = MappingProxyType(namespace)
 

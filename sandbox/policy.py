@@ -163,7 +163,13 @@ class DialplanPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         if node.name is not None:
             self._check_binding(node, node.name)
-        return super().visit_ExceptHandler(node)  # type: ignore[no-any-return]
+        node = super().visit_ExceptHandler(node)
+        # Every handler starts with _check_(): catching RecursionError in a loop one
+        # frame below the recursion limit would otherwise starve the CPU timer.
+        check = ast.Expr(ast.Call(func=ast.Name("_check_", ast.Load()), args=[], keywords=[]))
+        copy_locations(check, node)
+        node.body.insert(0, check)
+        return node
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, (ast.Store, ast.Del)):

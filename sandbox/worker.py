@@ -72,11 +72,13 @@ except KeyError as e:
 class _Idle:
     """The guards' target while no execution runs (never charged in practice)."""
 
-    __slots__ = ("limits", "alloc")
+    __slots__ = ("limits", "alloc", "cpu_used", "slice_start")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.alloc = 0
+        self.cpu_used = 0.0
+        self.slice_start = time.process_time()
 
 
 class Execution:
@@ -205,9 +207,11 @@ class Worker:
         self.guards.current = exe
         exe.slice_start = time.process_time()
         remaining = exe.limits.cpu_seconds - exe.cpu_used
-        signal.setitimer(
-            signal.ITIMER_PROF, max(min(self.limits.quantum_seconds, remaining), 0.0005)
-        )
+        first = max(min(self.limits.quantum_seconds, remaining), 0.0005)
+        # An interval timer, not a one-shot: if one tick is lost (the handler could
+        # not even be called, e.g. one frame below the recursion limit), the next
+        # one still comes.
+        signal.setitimer(signal.ITIMER_PROF, first, self.limits.quantum_seconds)
 
     def stop_clock(self, exe: Execution) -> None:
         signal.setitimer(signal.ITIMER_PROF, 0)
@@ -216,28 +220,25 @@ class Worker:
             self.current = None
 
     def on_timer(self, signum: int, frame: FrameType | None) -> None:
+        # Deliberately flat: only C functions are called here, so the handler works
+        # even when the script sits one frame below the recursion limit.
         exe = self.current
         if exe is None or not exe.in_script or exe.in_host_call:
             return
-        used = exe.cpu_used + (time.process_time() - exe.slice_start)
-        if used >= exe.limits.cpu_seconds:
+        now = time.process_time()
+        if exe.cpu_used + (now - exe.slice_start) >= exe.limits.cpu_seconds:
             # Sticky: keep firing so that nothing the script does can outlive it.
             signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
             raise LimitExceeded(LimitKind.CPU)
         if (
             self.runq
-            or self._input_ready()
+            or select.select([self.fd_in], [], [], 0)[0]
             or time.monotonic() - self.last_write > _HEARTBEAT_SECONDS
         ):
-            self.stop_clock(exe)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            exe.cpu_used += now - exe.slice_start
+            self.current = None
             self.main.switch(_PREEMPT)
-            return
-        remaining = exe.limits.cpu_seconds - used
-        signal.setitimer(signal.ITIMER_PROF, max(min(self.limits.quantum_seconds, remaining), 0.0005))
-
-    def _input_ready(self) -> bool:
-        readable, _, _ = select.select([self.fd_in], [], [], 0)
-        return bool(readable)
 
     # --- input ----------------------------------------------------------------------
 
@@ -463,7 +464,11 @@ class Worker:
             "error": info,
             "limit": None if limit is None else limit.value,
             "trace": exe.sys.trace_enabled() if exe.sys is not None else True,
-            "cpu": round(exe.cpu_used, 6),
+            "cpu": round(
+                exe.cpu_used
+                + (time.process_time() - exe.slice_start if self.current is exe else 0.0),
+                6,
+            ),
             "log": exe.take_lines(),
             "compile_errors": [[e.line, e.column, e.message] for e in compile_errors or ()],
         }

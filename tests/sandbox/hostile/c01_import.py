@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+import os
+sys.Log('PWNED ' + os.getcwd())

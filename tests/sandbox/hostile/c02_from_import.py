@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+from os import system
+system('id')

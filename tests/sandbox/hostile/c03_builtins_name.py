@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+b = __builtins__
+sys.Log('PWNED %s' % b)

@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+k = sys.__class__
+sys.Log('PWNED %s' % k)

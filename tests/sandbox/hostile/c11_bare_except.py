@@ -1,0 +1,7 @@
+# expect: blocked-at-compile
+while True:
+    try:
+        while True:
+            pass
+    except:
+        pass

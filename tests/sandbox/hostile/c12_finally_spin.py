@@ -1,0 +1,7 @@
+# expect: blocked-at-compile
+while True:
+    try:
+        pass
+    finally:
+        while True:
+            pass

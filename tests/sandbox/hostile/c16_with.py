@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+with req as r:
+    sys.Log('PWNED')

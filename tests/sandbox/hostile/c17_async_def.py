@@ -1,0 +1,4 @@
+# expect: blocked-at-compile
+async def f():
+    return 1
+

@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+eval('1+1')
+

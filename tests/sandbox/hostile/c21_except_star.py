@@ -1,0 +1,6 @@
+# expect: blocked-at-compile
+try:
+    pass
+except* ValueError:
+    pass
+

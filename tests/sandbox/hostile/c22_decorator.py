@@ -1,0 +1,7 @@
+# expect: blocked-at-compile
+def deco(f):
+    return f
+@deco
+def g():
+    return 1
+

@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+x = ＿＿builtins＿＿
+sys.Log('PWNED')

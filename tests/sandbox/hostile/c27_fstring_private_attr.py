@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+sys.Log(f'PWNED {sys._port}')
+

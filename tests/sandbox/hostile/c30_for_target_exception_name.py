@@ -1,0 +1,4 @@
+# expect: blocked-at-compile
+for TypeError in [1]:
+    pass
+

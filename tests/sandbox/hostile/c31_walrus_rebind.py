@@ -1,0 +1,4 @@
+# expect: blocked-at-compile
+if (KeyError := 1):
+    pass
+

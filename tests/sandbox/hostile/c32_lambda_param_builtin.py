@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+f = lambda Exception=1: Exception
+

@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+m = __metaclass__
+

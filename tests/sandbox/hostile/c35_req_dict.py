@@ -1,0 +1,3 @@
+# expect: blocked-at-compile
+sys.Log('PWNED %s' % req.__dict__)
+

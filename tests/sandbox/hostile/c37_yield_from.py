@@ -1,0 +1,4 @@
+# expect: blocked-at-compile
+def g():
+    yield from [1]
+

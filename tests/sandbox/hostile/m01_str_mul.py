@@ -1,0 +1,3 @@
+# expect: bounded-memory
+s = 'a' * 10 ** 10
+sys.Log('PWNED %d' % len(s))

@@ -1,0 +1,3 @@
+# expect: bounded-memory
+l = [0] * 10 ** 9
+sys.Log('PWNED')

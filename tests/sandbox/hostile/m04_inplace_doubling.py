@@ -1,0 +1,4 @@
+# expect: bounded-memory
+s = 'a'
+while True:
+    s += s

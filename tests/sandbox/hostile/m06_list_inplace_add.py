@@ -1,0 +1,4 @@
+# expect: bounded-memory
+l = [0]
+while True:
+    l += l

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = 'x'.ljust(2 * 10 ** 9)

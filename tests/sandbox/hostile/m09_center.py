@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = 'x'.center(2 * 10 ** 9)

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = ('\t' * 10).expandtabs(2 * 10 ** 8)

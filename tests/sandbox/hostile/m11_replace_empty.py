@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = ('ab' * 1000).replace('', 'y' * 10 ** 6)

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = ''.join(['x' * 1000000] * 10000)

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = '%0*d' % (2 * 10 ** 9, 1)

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = '%2000000000d' % 1

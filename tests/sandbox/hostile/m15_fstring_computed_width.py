@@ -1,0 +1,3 @@
+# expect: bounded-memory
+w = 2 * 10 ** 9
+s = f"{'':>{w}}"

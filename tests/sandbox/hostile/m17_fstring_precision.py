@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = f'{1.0:.999999999f}'

@@ -1,0 +1,3 @@
+# expect: bounded-memory
+l = list(range(10 ** 9))
+sys.Log('PWNED')

@@ -1,0 +1,4 @@
+# expect: bounded-memory
+keep = []
+while True:
+    keep.append('x' * 4000000)

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+b = b'a' * 10 ** 10

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+t = (0,) * 10 ** 9

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+rows = [[0] * 1000 for i in range(10 ** 6)]

@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = str(10 ** 60000)

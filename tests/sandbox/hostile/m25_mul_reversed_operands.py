@@ -1,0 +1,2 @@
+# expect: bounded-memory
+s = 10 ** 10 * 'a'

@@ -1,0 +1,3 @@
+# expect: bounded-memory
+s = 'a'
+s *= 10 ** 10

@@ -1,0 +1,4 @@
+# expect: bounded-output
+chunk = 'x' * 100000
+while True:
+    sys.Log(chunk)

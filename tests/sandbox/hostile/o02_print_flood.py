@@ -1,0 +1,3 @@
+# expect: bounded-output
+while True:
+    print('y' * 5000)

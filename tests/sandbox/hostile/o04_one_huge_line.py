@@ -1,0 +1,3 @@
+# expect: bounded-output
+sys.Log('z' * 1000000)
+sys.Log('after')

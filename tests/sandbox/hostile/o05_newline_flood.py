@@ -1,0 +1,2 @@
+# expect: bounded-output
+sys.Log('a\n' * 100000)

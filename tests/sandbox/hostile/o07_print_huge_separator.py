@@ -1,0 +1,2 @@
+# expect: bounded-output
+print('a', 'b', sep='x' * 1000000)

@@ -1,0 +1,3 @@
+# expect: bounded-cpu
+while True:
+    pass

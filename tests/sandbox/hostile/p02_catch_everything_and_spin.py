@@ -1,0 +1,7 @@
+# expect: bounded-cpu
+while True:
+    try:
+        while True:
+            pass
+    except Exception:
+        pass

@@ -1,0 +1,6 @@
+# expect: bounded-cpu
+try:
+    raise ValueError()
+except ValueError:
+    while True:
+        pass

@@ -1,0 +1,3 @@
+# expect: bounded-cpu
+x = 10 ** 10 ** 8
+sys.Log('PWNED %d' % len(str(x)))

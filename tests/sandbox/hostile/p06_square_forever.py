@@ -1,0 +1,4 @@
+# expect: bounded-cpu
+x = 3
+while True:
+    x = x * x

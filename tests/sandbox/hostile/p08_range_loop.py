@@ -1,0 +1,3 @@
+# expect: bounded-cpu
+for i in range(10 ** 12):
+    pass

@@ -1,0 +1,3 @@
+# expect: bounded-cpu
+while True:
+    re.search('(a|b)*c', 'ab' * 1000)

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+Evil = type('Evil', (), {})
+sys.Log('PWNED %s' % Evil)

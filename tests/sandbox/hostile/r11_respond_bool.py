@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.Respond(True)
+sys.Log('PWNED bool accepted')

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.SetCustomSIPHeader('X-A', 'v\r\nInjected: 1')
+sys.Log('PWNED injection accepted')

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.Username = 'admin'
+sys.Log('PWNED ' + sys.Username)

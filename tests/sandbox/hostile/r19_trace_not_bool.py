@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.Trace = 'no'
+sys.Log('PWNED')

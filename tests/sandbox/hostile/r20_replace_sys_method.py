@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.Dial = lambda s: None
+sys.Log('PWNED')

@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+sys.Log('PWNED %d' % hash('a'))

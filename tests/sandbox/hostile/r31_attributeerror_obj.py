@@ -1,0 +1,5 @@
+# expect: blocked-at-runtime
+try:
+    req.nothing
+except AttributeError as e:
+    sys.Log('PWNED %s' % e.obj)

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+p = re.compile('a')
+sys.Log('PWNED %s' % p)

@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+re.sub('a', lambda m: 'PWNED', 'a')

@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+re.search(r'(a)\1', 'aa')

@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+re.search('a' * 300, 'a')

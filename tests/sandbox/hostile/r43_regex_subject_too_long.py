@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+re.search('a', 'b' * 5000)

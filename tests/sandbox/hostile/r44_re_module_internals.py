@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+sys.Log('PWNED %s' % re.enum.sys.modules)

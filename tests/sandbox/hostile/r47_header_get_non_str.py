@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+req.Header.Get(5)

@@ -1,0 +1,2 @@
+# expect: blocked-at-runtime
+isinstance(1, sys)

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+n = int('9' * 5000)
+sys.Log('PWNED %d' % n)

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+b = 'a'.encode()
+sys.Log('PWNED encode')

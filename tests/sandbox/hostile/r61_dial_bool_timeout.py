@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+sys.Dial('1@x', True)
+sys.Log('PWNED bool ring timeout')

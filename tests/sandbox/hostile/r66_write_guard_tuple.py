@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+t = (1, 2)
+t[0] = 5

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+del sys.Trace
+sys.Log('PWNED')

@@ -1,0 +1,3 @@
+# expect: blocked-at-runtime
+print('secret')
+sys.Log('printed=[%s]' % printed)

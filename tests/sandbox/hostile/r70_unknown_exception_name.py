@@ -1,0 +1,5 @@
+# expect: blocked-at-runtime
+try:
+    1/0
+except ZeroDivisionError:
+    raise StopIteration
