@@ -57,7 +57,7 @@ class Limits:
     recursion_limit: int = 300
     open_files: int = 16
     """RLIMIT_NOFILE once the worker has started."""
-    quantum_seconds: float = 0.01
+    quantum_seconds: float = 0.002
     """CPU slice after which a running execution yields to waiting ones."""
     worker_max_active: int = 2000
     """Executions one worker holds at once (most of them parked in a host call)."""
@@ -65,6 +65,8 @@ class Limits:
     """A worker retires (gracefully) after this many executions."""
     worker_retire_rss_bytes: int = 256 * MIB
     """A worker whose resident size passes this retires once idle of new work."""
+    worker_nice: int = 5
+    """Niceness added to worker processes (the server stays more urgent than scripts)."""
     stall_seconds: float = 3.0
     """A worker with runnable work that says nothing for this long is killed."""
     spawn_timeout_seconds: float = 20.0
@@ -103,4 +105,5 @@ WORKER_FIELDS: tuple[str, ...] = (
     "quantum_seconds",
     "worker_max_runs",
     "worker_retire_rss_bytes",
+    "worker_nice",
 )

@@ -282,7 +282,7 @@ class SandboxPool:
                 reason = await self._read(worker)
                 nursery.cancel_scope.cancel()
         finally:
-            if worker.executions or worker.compiles:
+            if (worker.executions or worker.compiles) and not self._closed:
                 self.crashes += 1
                 logger.warning(
                     "sandbox worker %s ended (%s) holding %d executions",

@@ -540,6 +540,9 @@ def main() -> None:
     os.dup2(devnull, 1)
     os.close(devnull)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the server in the OS's eyes: a worker full of spinning scripts must not
+    # delay the trio process that answers SIP (measured in docs/sandbox.md).
+    os.nice(limits.worker_nice)
     sys.setrecursionlimit(limits.recursion_limit)
     worker = Worker(fd_in, fd_out, limits)
     signal.signal(signal.SIGPROF, worker.on_timer)

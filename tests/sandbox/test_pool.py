@@ -1,0 +1,207 @@
+"""The pool's guarantees: isolation, fairness, parked executions, crashes, deadlines."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import trio
+
+from sandbox import HostReply, LimitKind, Limits, Outcome, SandboxPool
+from sandbox.results import PlainValue
+from tests.sandbox.conftest import CONTEXT, REQUEST, RecordingHost
+
+TRIVIAL = 'sys.Log("to %s" % req.URI.User)\n'
+NESTED_TUPLE = "t = ()\nfor i in range(400000):\n    t = (t,)\nd = {t: 1}\nsys.Log('survived')\n"
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_a_trivial_dialplan_runs_and_logs() -> None:
+    async with SandboxPool(workers=1) as pool:
+        host = RecordingHost()
+        result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=host)
+    assert result.outcome is Outcome.COMPLETED
+    assert result.log == ("to 1234",)
+    assert host.lines == ["to 1234"]
+
+
+async def test_globals_are_fresh_for_every_execution() -> None:
+    source = "try:\n    seen\n    sys.Log('LEAKED')\nexcept NameError:\n    seen = 1\n    sys.Log('fresh')\n"
+    async with SandboxPool(workers=1) as pool:
+        logs = [
+            (await pool.run(source, request=REQUEST, context=CONTEXT, host=RecordingHost())).log
+            for _ in range(3)
+        ]
+    assert logs == [("fresh",)] * 3
+
+
+async def test_trivial_dialplans_stay_fast_next_to_twenty_hostile_ones() -> None:
+    hostile_sources = [
+        "while True:\n    pass\n",
+        "x = 'a' * 10 ** 10\n",
+        "l = [0]\nwhile True:\n    l.extend(l)\n",
+        NESTED_TUPLE,
+        "def f(n):\n    return f(n + 1)\nwhile True:\n    try:\n        f(0)\n    except RecursionError:\n        pass\n",
+    ]
+    latencies: list[float] = []
+    async with SandboxPool(workers=2) as pool:
+        for _ in range(50):  # warm the code cache
+            await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        hostile_done = trio.Event()
+
+        async def hostile() -> None:
+            async with trio.open_nursery() as nursery:
+                for index in range(20):
+                    source = hostile_sources[index % len(hostile_sources)]
+                    nursery.start_soon(
+                        lambda s=source: pool.run(s, request=REQUEST, context=CONTEXT, host=RecordingHost())
+                    )
+            hostile_done.set()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hostile)
+                await trio.sleep(0.2)  # let the spinners get going
+                while not hostile_done.is_set() and len(latencies) < 400:
+                    start = trio.current_time()
+                    result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+                    latencies.append(trio.current_time() - start)
+                    assert result.outcome is Outcome.COMPLETED
+        assert pool.crashes == 0
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert len(latencies) >= 50
+    # The target is 50 ms on an otherwise idle 2-core box; the bound here leaves room
+    # for a CI machine shared with other jobs (docs/sandbox.md has the measurements).
+    assert p99 < 0.1, f"p99 {p99 * 1000:.1f} ms, median {statistics.median(latencies) * 1000:.2f} ms"
+
+
+async def test_a_thousand_parked_executions_need_few_processes_and_little_memory() -> None:
+    host = RecordingHost(block=True)
+    source = 'sys.Log("ringing")\nsys.Dial("${dst}@provider")\nsys.Log("after")\n'
+    async with SandboxPool(workers=2) as pool:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(1000):
+                    nursery.start_soon(
+                        lambda: pool.run(source, request=REQUEST, context=CONTEXT, host=host)
+                    )
+                while host.parked < 1000:
+                    await trio.sleep(0.05)
+                pids = [os.getpid(), *pool.worker_pids()]
+                total = sum(rss(pid) for pid in pids)
+                host.release.set()
+    assert len(pids) == 3
+    assert total < 2**30, f"{total / 2**20:.0f} MiB"
+    workers_only = total - rss(os.getpid())
+    assert workers_only < 400 * 2**20
+
+
+async def test_a_segfaulting_worker_crashes_only_its_executions_and_is_replaced() -> None:
+    # With an ordinary 8 MiB stack the nested-tuple hash (gh-154318) does segfault;
+    # the default Limits give workers a stack big enough that it cannot.
+    limits = Limits(stack_bytes=8 * 2**20)
+    async with SandboxPool(workers=1, limits=limits) as pool:
+        before = pool.worker_pids()
+        result = await pool.run(NESTED_TUPLE, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert result.outcome is Outcome.CRASHED
+        assert result.log == ()
+        with trio.fail_after(20):
+            after = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert after.outcome is Outcome.COMPLETED
+        assert pool.worker_pids() != before
+        assert pool.crashes == 1
+
+
+async def test_the_default_stack_prevents_the_nested_tuple_segfault() -> None:
+    async with SandboxPool(workers=1) as pool:
+        result = await pool.run(NESTED_TUPLE, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert result.outcome is Outcome.COMPLETED
+        assert result.log == ("survived",)
+        assert pool.crashes == 0
+
+
+async def test_cancelling_the_caller_ends_a_parked_execution_promptly() -> None:
+    host = RecordingHost(block=True)
+    async with SandboxPool(workers=1) as pool:
+        with trio.move_on_after(0.5) as scope:
+            await pool.run('sys.Dial("1@x")\nsys.Log("after")', request=REQUEST, context=CONTEXT, host=host)
+        assert scope.cancelled_caught
+        assert host.parked == 1
+        with trio.fail_after(2):
+            result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert result.outcome is Outcome.COMPLETED
+
+
+async def test_the_wall_limit_ends_a_script_stuck_in_a_host_call() -> None:
+    host = RecordingHost(block=True)
+    limits = Limits(wall_seconds=0.3)
+    async with SandboxPool(workers=1, limits=limits) as pool:
+        with trio.fail_after(5):
+            result = await pool.run('sys.DBRead("k")\nsys.Log("late")', request=REQUEST, context=CONTEXT, host=host)
+    assert result.outcome is Outcome.LIMIT_EXCEEDED
+    assert result.limit is LimitKind.WALL
+
+
+async def test_dial_extends_the_wall_deadline() -> None:
+    class SlowRing(RecordingHost):
+        async def call(self, name: str, args: tuple[PlainValue, ...]) -> HostReply:
+            await trio.sleep(0.6)
+            return HostReply(value="NoAnswer", failure_status=408, failure_reason="Request Timeout")
+
+    async with SandboxPool(workers=1, limits=Limits(wall_seconds=0.3)) as pool:
+        result = await pool.run(
+            'r = sys.Dial("1@x", 5)\nsys.Log("%s %s" % (r, sys.LastFailureStatus))',
+            request=REQUEST, context=CONTEXT, host=SlowRing(),
+        )
+    assert result.outcome is Outcome.COMPLETED
+    assert result.log == ("NoAnswer 408",)
+
+
+async def test_a_host_end_reply_stops_the_script_at_the_call() -> None:
+    async with SandboxPool(workers=1) as pool:
+        result = await pool.run(
+            'sys.Log("before")\nsys.Dial("1@x")\nsys.Log("PWNED after an answered dial")',
+            request=REQUEST, context=CONTEXT, host=RecordingHost(answer=True),
+        )
+    assert result.outcome is Outcome.ENDED_BY_HOST
+    assert result.log == ("before",)
+
+
+async def test_a_worker_sending_garbage_is_killed_and_replaced() -> None:
+    fake = Path(__file__).parent / "fake_worker.py"
+
+    class GarbagePool(SandboxPool):
+        def _command(self) -> list[str]:
+            return [sys.executable, str(fake)]
+
+    async with GarbagePool(workers=1, limits=Limits(spawn_timeout_seconds=10)) as pool:
+        first = pool.worker_pids()
+        with trio.fail_after(10):
+            result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert result.outcome is Outcome.CRASHED
+        assert pool.crashes == 1
+        with trio.fail_after(10):
+            while pool.worker_pids() in ([], first):
+                await trio.sleep(0.05)
+
+
+async def test_compile_errors_have_lines_and_columns() -> None:
+    async with SandboxPool(workers=1) as pool:
+        assert await pool.compile_errors("x = 1\nsys.Log('ok')\n") == []
+        errors = await pool.compile_errors("x = 1\nimport os\ntry:\n    pass\nexcept:\n    pass\n")
+        big = await pool.compile_errors("#" * 70000)
+        syntax = await pool.compile_errors("x = (\n")
+    assert [(e.line, e.column) for e in errors] == [(2, 1), (5, 1)]
+    assert "import" in errors[0].message and "except" in errors[1].message
+    assert big[0].message.startswith("the dialplan is 70000 bytes")
+    assert syntax[0].line == 1 and "SyntaxError" in syntax[0].message
