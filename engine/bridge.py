@@ -1,0 +1,216 @@
+"""A bridged call: two dialogs joined back to back, relaying what one side asks of the
+other (BYE, re-INVITE, UPDATE, INFO...), with the NAT fix applied to every SDP offer and
+answer, including in-dialog re-offers (a video upgrade mid-call must work too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+from sip.sdp import rewrite_connection_addresses
+
+from sip.dialog import Address, Dialog
+from sip.errors import SIPError
+from sip.message import Request, Response, make_response
+from sip.transaction import ClientTransaction, ServerTransaction
+
+if TYPE_CHECKING:
+    from sip.transport import SIPEndpoint
+
+log = logging.getLogger(__name__)
+
+
+def fix_sdp(body: bytes, source: Address) -> bytes:
+    """Replace private IPv4 addresses in an SDP body with the address the packet really
+    came from (the media of a phone behind NAT arrives from there too)."""
+    if not body:
+        return body
+    try:
+        return rewrite_connection_addresses(body, source[0])
+    except SIPError:
+        return body  # not SDP we understand: relay it untouched
+
+
+@dataclass(slots=True)
+class Side:
+    """One half of a bridge: a dialog and where its peer's messages come from."""
+
+    dialog: Dialog
+    transport: str
+    name: str  # "caller" / "callee", for traces and CDRs
+    # Our 2xx to a re-INVITE from this side, retransmitted until its ACK.
+    pending_answer: Response | None = None
+    pending_ack: trio.Event = field(default_factory=trio.Event)
+
+
+class _Relay:
+    """Context of a client transaction that carries a relayed request to the other side;
+    its final response goes back through the original server transaction."""
+
+    __slots__ = ("bridge", "origin", "server_tx", "request", "source_side", "target_side")
+
+    def __init__(self, bridge: Bridge, server_tx: ServerTransaction, request: Request, source_side: Side, target_side: Side) -> None:
+        self.bridge = bridge
+        self.server_tx = server_tx
+        self.request = request
+        self.source_side = source_side
+        self.target_side = target_side
+
+    def on_response(self, response: Response) -> None:
+        self.bridge._relay_response(self, response)
+
+    def on_timeout(self) -> None:
+        self.bridge._relay_response(self, make_response(self.request, 408, "The other party did not answer"))
+
+
+class Bridge:
+    """Two sides joined.  The call engine registers both dialog keys and forwards each
+    in-dialog request and ACK here."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: SIPEndpoint,
+        caller: Side,
+        callee: Side,
+        on_end: Callable[[Bridge, str, str], None],
+        bridge_id: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.caller = caller
+        self.callee = callee
+        self.on_end = on_end
+        self.bridge_id = bridge_id
+        self.ended = trio.Event()
+        self.end_reason = ""
+        self.hung_up_by = ""
+        self.answered_at = trio.current_time()
+
+    def sides(self) -> tuple[Side, Side]:
+        return self.caller, self.callee
+
+    def other(self, side: Side) -> Side:
+        return self.callee if side is self.caller else self.caller
+
+    def side_for(self, key: tuple[str, str, str]) -> Side | None:
+        for side in (self.caller, self.callee):
+            if side.dialog.key == key:
+                return side
+        return None
+
+    # -- requests from a side --------------------------------------------------------------
+    def on_request(self, side: Side, tx: ServerTransaction, request: Request) -> None:
+        if not side.dialog.accept_remote_request(request):
+            # 12.2.2: a CSeq lower than the last one is out of order.
+            self.endpoint.respond(tx, make_response(request, 500, "CSeq out of order"))
+            return
+        side.dialog.flow = tx.source
+        method = request.method
+        if method == "BYE":
+            self.endpoint.respond(tx, make_response(request, 200))
+            self.hang_up(by=side.name, reason=f"BYE from {side.name}", notify=self.other(side))
+            return
+        if self.ended.is_set():
+            self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
+            return
+        if method in ("INVITE", "UPDATE"):
+            side.dialog.refresh_target(request)
+        other = self.other(side)
+        body = fix_sdp(request.body, tx.source) if request.body else b""
+        content_type = request.headers.get("Content-Type")
+        passthrough = tuple(
+            (name, value)
+            for name, value in request.headers
+            if name in ("Content-Disposition", "Event", "Subscription-State", "Info-Package", "Session-Expires", "Supported")
+        )
+        host, port = self.endpoint.local
+        relayed = other.dialog.create_request(
+            method,
+            via_host=_advertised(host),
+            via_port=port,
+            body=body,
+            content_type=content_type,
+            headers=passthrough,
+        )
+        destination = other.dialog.destination()
+        if destination is None:
+            self.endpoint.respond(tx, make_response(request, 502, "Cannot reach the other party"))
+            return
+        client = self.endpoint.request(relayed, destination, other.transport)
+        assert isinstance(client, ClientTransaction)
+        client.context = _Relay(self, tx, relayed, side, other)
+
+    def _relay_response(self, relay: _Relay, response: Response) -> None:
+        status = response.status
+        if status == 100:
+            return
+        source = relay.target_side.dialog.flow or ("0.0.0.0", 0)
+        body = fix_sdp(response.body, source) if response.body else b""
+        extra: list[tuple[str, str]] = []
+        if body:
+            extra.append(("Content-Type", response.headers.get("Content-Type") or "application/sdp"))
+        if relay.request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
+            relay.target_side.dialog.refresh_target(response)
+            extra.append(("Contact", relay.source_side.dialog.contact))
+        original = relay.server_tx.request
+        answer = make_response(
+            original, status, response.reason, to_tag=relay.source_side.dialog.local_tag, headers=extra, body=body
+        )
+        if relay.request.method == "INVITE" and 200 <= status < 300:
+            # The other side's 2xx needs our ACK (13.2.2.4); the offer was in the
+            # re-INVITE, so the ACK carries no body.
+            cseq = relay.request.cseq.number
+            host, port = self.endpoint.local
+            ack = relay.target_side.dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=cseq)
+            dest = relay.target_side.dialog.destination()
+            if dest is not None:
+                self.endpoint.send_message(ack, dest, relay.target_side.transport)
+            relay.source_side.pending_answer = answer
+            relay.source_side.pending_ack = trio.Event()
+        self.endpoint.respond(relay.server_tx, answer)
+
+    def on_ack(self, side: Side, request: Request) -> None:
+        side.pending_answer = None
+        side.pending_ack.set()
+
+    def on_retransmitted_2xx(self, side: Side, response: Response) -> None:
+        """A 2xx retransmitted by a side (our ACK was lost): ACK it again."""
+        host, port = self.endpoint.local
+        ack = side.dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=response.cseq.number)
+        dest = side.dialog.destination()
+        if dest is not None:
+            self.endpoint.send_message(ack, dest, side.transport)
+
+    # -- ending ----------------------------------------------------------------------------
+    def hang_up(self, *, by: str, reason: str, notify: Side | None = None) -> None:
+        """End the bridge; send BYE to ``notify`` (or to both sides when None)."""
+        if self.ended.is_set():
+            return
+        self.hung_up_by = by
+        self.end_reason = reason
+        host, port = self.endpoint.local
+        targets = [notify] if notify is not None else [self.caller, self.callee]
+        for side in targets:
+            bye = side.dialog.create_request("BYE", via_host=_advertised(host), via_port=port)
+            dest = side.dialog.destination()
+            if dest is not None:
+                self.endpoint.request(bye, dest, side.transport)
+        self.ended.set()
+        self.on_end(self, by, reason)
+
+    async def enforce_duration(self, seconds: float) -> None:
+        """``cd=`` option: hang up both sides ``seconds`` after the answer."""
+        with trio.move_on_after(seconds):
+            await self.ended.wait()
+        if not self.ended.is_set():
+            self.hang_up(by="limit", reason=f"Call duration limit of {int(seconds)} s reached")
+
+
+def _advertised(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,363 @@
+"""The call engine: every new INVITE is classified, routed through a dialplan (or
+straight to the callee's bindings) and bridged.
+
+Classification (docs/calls.md):
+
+* **Out**: the From is one of our accounts in a served domain; the caller must pass
+  digest authentication (407), incoming-only accounts may not call out (403), and the
+  account's Out dialplan runs (without one, the call goes straight to the Request-URI).
+* **In**: the Request-URI is in a served domain; the account is found by the suffix rule
+  (``anything.joe`` reaches ``joe``; unknown: 404; disabled: 403); its In dialplan runs,
+  or without one all its current bindings ring in parallel (none: 480).
+
+Loops: a local leg into another account's In dialplan is a real INVITE to ourselves that
+carries the chain of dialplans entered so far in ``X-Dialspell-Chain``, trusted only when
+it comes from our own socket.  Entering a dialplan twice in a chain gives 482, a chain
+deeper than 5 gives 483; Max-Forwards is decremented at every hop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from engine.auth import AuthOutcome, Authenticator
+from engine.bridge import Bridge, Side
+from engine.config import ServerConfig
+from engine.events import Event, EventBus
+from engine.legs import InboundLeg, OutboundLeg
+from engine.registrar import Registrar
+from engine.storage import Account, Store
+from sip.errors import SIPParseError
+from sip.message import Request, make_response, new_tag
+from sip.transaction import (
+    AckReceived,
+    Action,
+    CancelReceived,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    StrayResponse,
+    TimedOut,
+)
+
+if TYPE_CHECKING:
+    from engine.dialplan_host import DialplanRunner
+    from sip.transport import SIPEndpoint
+
+log = logging.getLogger(__name__)
+
+CHAIN_HEADER = "X-Dialspell-Chain"
+MAX_CHAIN = 5
+CONCURRENCY_REASON = "Dial plan execution exceeded maximum allowed"
+
+
+@dataclass(slots=True)
+class Call:
+    """One caller's INVITE and everything hanging off it."""
+
+    leg: InboundLeg
+    account: Account | None = None
+    direction: str = "In"
+    chain: tuple[str, ...] = ()
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    started: float = field(default_factory=time.time)
+    trace: list[str] = field(default_factory=list)
+    bridge: Bridge | None = None
+
+
+class CallEngine:
+    """The transaction user for calls; the SIP application hands it every action first
+    (:meth:`handle` returns True when it took the action)."""
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        store: Store,
+        registrar: Registrar,
+        authenticator: Authenticator,
+        events: EventBus,
+        runner: DialplanRunner,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registrar = registrar
+        self.authenticator = authenticator
+        self.events = events
+        self.runner = runner
+        self.wall_clock = wall_clock
+        self.endpoint: SIPEndpoint | None = None
+        self.nursery: trio.Nursery | None = None
+        # (Call-ID, local tag, remote tag) -> (bridge, side)
+        self.dialogs: dict[tuple[str, str, str], tuple[Bridge, Side]] = {}
+        self.calls: set[Call] = set()
+        self.executions_by_customer: dict[int, int] = {}
+        self.executions = 0
+        self.bridges: dict[str, Bridge] = {}
+
+    def attach(self, endpoint: SIPEndpoint, nursery: trio.Nursery) -> None:
+        self.endpoint = endpoint
+        self.nursery = nursery
+
+    @property
+    def contact(self) -> str:
+        assert self.endpoint is not None
+        host, port = self.endpoint.local
+        return f"<sip:dialspell@{_advertised(host)}:{port}>"
+
+    # -- the TU hook -------------------------------------------------------------------------
+    def handle(self, action: Action) -> bool:
+        kind = type(action)
+        if kind is ResponseReceived:
+            assert isinstance(action, ResponseReceived)
+            target = action.transaction.context
+            on_response = getattr(target, "on_response", None)
+            if on_response is not None:
+                on_response(action.response)
+                return True
+            return False
+        if kind is RequestReceived:
+            assert isinstance(action, RequestReceived)
+            request = action.request
+            try:
+                to_tag = request.to.tag
+            except SIPParseError:
+                return False
+            if to_tag:
+                return self._in_dialog(action.transaction, request)
+            if request.method == "INVITE":
+                assert self.nursery is not None
+                self.nursery.start_soon(self._run_call, action.transaction)
+                return True
+            return False
+        if kind is CancelReceived:
+            assert isinstance(action, CancelReceived)
+            call = action.invite.context
+            if isinstance(call, Call):
+                assert self.endpoint is not None
+                # RFC 3261 9.2: 200 to the CANCEL, then 487 to the INVITE.
+                self.endpoint.respond(action.transaction, make_response(action.transaction.request, 200))
+                call.leg.cancelled.set()
+                call.leg.reject(487, "Request Terminated")
+                call.scope.cancel()
+                return True
+            return False
+        if kind is AckReceived:
+            assert isinstance(action, AckReceived)
+            return self._ack(action.request)
+        if kind is TimedOut:
+            assert isinstance(action, TimedOut)
+            on_timeout = getattr(action.transaction.context, "on_timeout", None)
+            if on_timeout is not None:
+                on_timeout()
+                return True
+            return False
+        if kind is StrayResponse:
+            assert isinstance(action, StrayResponse)
+            response = action.response
+            if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+                key = (response.call_id, response.from_.tag or "", response.to.tag or "")
+                found = self.dialogs.get(key)
+                if found is not None:
+                    found[0].on_retransmitted_2xx(found[1], response)
+                    return True
+            return False
+        return False
+
+    def _in_dialog(self, tx: ServerTransaction, request: Request) -> bool:
+        from sip.dialog import Dialog
+
+        found = self.dialogs.get(Dialog.key_of(request))
+        if found is None:
+            return False
+        bridge, side = found
+        bridge.on_request(side, tx, request)
+        return True
+
+    def _ack(self, request: Request) -> bool:
+        from sip.dialog import Dialog
+
+        try:
+            key = Dialog.key_of(request)
+        except SIPParseError:
+            return False
+        found = self.dialogs.get(key)
+        if found is not None:
+            bridge, side = found
+            if side is bridge.caller:
+                call = getattr(bridge, "call", None)
+                if isinstance(call, Call):
+                    call.leg.acked.set()
+            bridge.on_ack(side, request)
+            return True
+        return False
+
+    # -- a new call ---------------------------------------------------------------------------
+    async def _run_call(self, tx: ServerTransaction) -> None:
+        assert self.endpoint is not None
+        leg = InboundLeg(endpoint=self.endpoint, transaction=tx, contact=self.contact)
+        call = Call(leg=leg)
+        tx.context = call
+        self.calls.add(call)
+        try:
+            with call.scope:
+                await self._route(call)
+        except Exception:
+            log.exception("call %s failed", tx.request.call_id)
+            leg.reject(500, "Server Internal Error")
+        finally:
+            self.calls.discard(call)
+            if leg.final_status is None:
+                leg.reject(487 if leg.cancelled.is_set() else 500)
+
+    async def _route(self, call: Call) -> None:
+        leg = call.leg
+        request = leg.request
+        now = self.wall_clock()
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            leg.reject(483, "Too Many Hops")
+            return
+        from_us = self._from_ourselves(leg)
+        if from_us:
+            chain_value = request.headers.get(CHAIN_HEADER) or ""
+            call.chain = tuple(c for c in chain_value.split(",") if c)
+        # Out: From is one of our accounts (and not our own local hop).
+        from_uri = request.from_.uri
+        from_domain = self.registrar.resolve_domain(from_uri.host, now) if from_uri.is_sip else None
+        if from_domain is not None and not from_us and from_uri.unescaped_user:
+            user = from_uri.unescaped_user
+            result = self.authenticator.check(
+                request, user=user, domain=from_domain, realm=from_domain, source=leg.source[0], now=now, proxy=True
+            )
+            if result.outcome is AuthOutcome.CHALLENGE:
+                leg.reject(407, headers=result.headers)
+                return
+            if result.outcome is AuthOutcome.FORBIDDEN:
+                leg.reject(403, result.reason)
+                return
+            if result.outcome is AuthOutcome.BAD_REQUEST:
+                leg.reject(400, result.reason)
+                return
+            account = result.account
+            assert account is not None
+            if account.disabled:
+                leg.reject(403, "Forbidden (account disabled)")
+                return
+            if account.incoming_only:
+                leg.reject(403, "Forbidden (this account may not place calls)")
+                return
+            call.account = account
+            call.direction = "Out"
+            await self.runner.run_out(call)
+            return
+        # In: the Request-URI is in one of our domains.
+        ruri = request.uri
+        domain = self.registrar.resolve_domain(ruri.host, now) if ruri.is_sip else None
+        if domain is None:
+            leg.reject(404, "Not Found (domain not served here)")
+            return
+        account = self.find_account(ruri.unescaped_user or "", domain)
+        if account is None:
+            leg.reject(404, "Not Found (no such account)")
+            return
+        if account.disabled:
+            leg.reject(403, "Forbidden (account disabled)")
+            return
+        call.account = account
+        call.direction = "In"
+        await self.runner.run_in(call)
+
+    def find_account(self, user: str, domain: str) -> Account | None:
+        """The account for ``user`` in ``domain`` by the suffix rule: ``anything.joe``
+        reaches ``joe`` when there is no account ``anything.joe``."""
+        directory = self.store.directory()
+        account = directory.account(user, domain)
+        if account is None and "." in user:
+            account = directory.account(user.rsplit(".", 1)[1], domain)
+        if account is None:
+            directory = self.store.directory(force=True)
+            account = directory.account(user, domain)
+            if account is None and "." in user:
+                account = directory.account(user.rsplit(".", 1)[1], domain)
+        return account
+
+    def _from_ourselves(self, leg: InboundLeg) -> bool:
+        assert self.endpoint is not None
+        host, port = self.endpoint.local
+        source_host, source_port = leg.source
+        if source_port != port:
+            return False
+        return source_host == host or (host in ("0.0.0.0", "::") and source_host in ("127.0.0.1", "::1"))
+
+    # -- bridges ------------------------------------------------------------------------------
+    def bridge(self, call: Call, winner: OutboundLeg, answer_body: bytes, duration_limit: float | None) -> Bridge:
+        """Answer the caller with the winner's SDP and join the two dialogs."""
+        assert self.endpoint is not None and self.nursery is not None
+        leg = call.leg
+        caller_dialog = leg.answer(answer_body)
+        assert winner.dialog is not None
+        bridge_id = new_tag() + new_tag()
+        bridge = Bridge(
+            endpoint=self.endpoint,
+            caller=Side(dialog=caller_dialog, transport=leg.transport, name="caller"),
+            callee=Side(dialog=winner.dialog, transport=winner.transport, name="callee"),
+            on_end=self._bridge_ended,
+            bridge_id=bridge_id,
+        )
+        bridge.call = call  # type: ignore[attr-defined]
+        call.bridge = bridge
+        self.bridges[bridge_id] = bridge
+        self.dialogs[caller_dialog.key] = (bridge, bridge.caller)
+        self.dialogs[winner.dialog.key] = (bridge, bridge.callee)
+        self.nursery.start_soon(self._await_caller_ack, call, bridge)
+        if duration_limit:
+            self.nursery.start_soon(bridge.enforce_duration, duration_limit)
+        self.publish(call, "call", state="answered", bridge=bridge_id)
+        return bridge
+
+    async def _await_caller_ack(self, call: Call, bridge: Bridge) -> None:
+        if not await call.leg.retransmit_answer():
+            # 13.3.1.4: no ACK for the 2xx: the UAS ends the dialog with BYE.
+            bridge.hang_up(by="server", reason="No ACK from the caller")
+
+    def _bridge_ended(self, bridge: Bridge, by: str, reason: str) -> None:
+        self.bridges.pop(bridge.bridge_id, None)
+        assert self.nursery is not None
+
+        async def forget_later() -> None:
+            # Keep the dialogs a little longer so retransmitted BYEs find them.
+            await trio.sleep(32)
+            for side in bridge.sides():
+                self.dialogs.pop(side.dialog.key, None)
+
+        self.nursery.start_soon(forget_later)
+        call = getattr(bridge, "call", None)
+        if isinstance(call, Call):
+            self.publish(call, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
+            self.runner.call_ended(call, bridge, by, reason)
+
+    def current_call_count(self, customer_id: int) -> int:
+        return sum(
+            1
+            for b in self.bridges.values()
+            if isinstance(getattr(b, "call", None), Call) and b.call.account is not None and b.call.account.customer_id == customer_id  # type: ignore[attr-defined]
+        )
+
+    def publish(self, call: Call, type_: str, **data: object) -> None:
+        owner = call.account.customer_id if call.account is not None else None
+        data.setdefault("call_id", call.leg.request.call_id)
+        self.events.publish(Event(owner=owner, type=type_, data=data, time=self.wall_clock()))
+
+
+def _advertised(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

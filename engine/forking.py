@@ -1,0 +1,168 @@
+"""``sys.Dial``: fork a call to the legs of a dial string and bridge the first answer.
+
+Groups separated by ``|`` are tried in turn; the legs of a group (``&``) ring in
+parallel, each after its ``dt=`` delay (a delayed leg starts at once when every running
+leg has failed).  The first 2xx wins: the other legs are cancelled (9.1), a late 2xx is
+acknowledged and hung up, and the caller is answered with the winner's SDP.  1xx
+responses are relayed to the caller (183 with SDP gives early media).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from engine.bridge import fix_sdp
+from engine.legs import OutboundLeg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedLeg:
+    """A leg ready to ring: how to build and send it (made by the call engine)."""
+
+    description: str  # for traces: the URI dialled
+    start: Callable[[], OutboundLeg | None]  # builds and sends the INVITE (None: failed at once)
+    delay: float = 0.0
+    duration_limit: float | None = None
+
+
+@dataclass(slots=True)
+class DialOutcome:
+    """How one Dial ended."""
+
+    result: str  # "Answered", "NoAnswer", "Failed", "TimedOut", "ClientCancelled", "Error"
+    status: int = 0
+    reason: str = ""
+    winner: OutboundLeg | None = None
+    winner_plan: PlannedLeg | None = None
+
+
+class Forker:
+    """Runs one Dial for one caller.  ``progress`` is called with each provisional
+    response worth relaying; ``trace`` with human-readable fork progress lines."""
+
+    def __init__(
+        self,
+        *,
+        progress: Callable[[OutboundLeg, int, str, bytes], None],
+        trace: Callable[[str], None],
+    ) -> None:
+        self.progress = progress
+        self.trace = trace
+        self.legs: list[OutboundLeg] = []
+        self.winner: OutboundLeg | None = None
+
+    async def dial(self, groups: list[list[PlannedLeg]], ring_timeout: float) -> DialOutcome:
+        """Try each group in turn until a leg answers or all fail; ``ring_timeout``
+        bounds the whole Dial (RFC 3261 leaves ringing time to the UAC)."""
+        last = DialOutcome(result="Failed", status=480, reason="Temporarily Unavailable")
+        deadline = trio.current_time() + ring_timeout
+        try:
+            for index, group in enumerate(groups):
+                remaining = deadline - trio.current_time()
+                if remaining <= 0:
+                    return DialOutcome(result="TimedOut", status=408, reason="Ring time limit reached")
+                self.trace(f"Commencing Dial group {index + 1} of {len(groups)} with {len(group)} leg(s).")
+                outcome = await self._ring_group(group, remaining)
+                if outcome.result == "Answered":
+                    return outcome
+                if outcome.result == "TimedOut":
+                    return outcome
+                last = outcome
+            return last
+        finally:
+            # Whatever ended the Dial (an answer, the caller's CANCEL, the execution's
+            # end), no leg but the winner may go on ringing.
+            for leg in self.legs:
+                if leg is not self.winner:
+                    leg.cancel()
+
+    async def _ring_group(self, group: list[PlannedLeg], timeout: float) -> DialOutcome:
+        failures: list[OutboundLeg] = []
+        result: list[DialOutcome] = []
+        running: set[OutboundLeg] = set()
+        pending_delayed = len([p for p in group if p.delay > 0])
+        skip_delay = trio.Event()  # set when every running leg has failed
+
+        async def run_leg(plan: PlannedLeg, nursery: trio.Nursery) -> None:
+            nonlocal pending_delayed
+            if plan.delay > 0:
+                with trio.move_on_after(plan.delay):
+                    await skip_delay.wait()
+                pending_delayed -= 1
+            if result:
+                return
+            leg = plan.start()
+            if leg is None:
+                self.trace(f"Dial leg to {plan.description} failed to start.")
+                check_all_failed(nursery)
+                return
+            self.legs.append(leg)
+            running.add(leg)
+            self.trace(f"Calling {plan.description}.")
+            final = await leg.wait_final()
+            running.discard(leg)
+            assert final is not None
+            if 200 <= final.status < 300:
+                if result:
+                    # A late 2xx: acknowledged by the leg already; hang it up.
+                    leg.hangup("Another leg answered first")
+                    return
+                self.trace(f"Dial leg to {plan.description} answered.")
+                self.winner = leg
+                result.append(DialOutcome(result="Answered", status=final.status, reason=final.reason, winner=leg, winner_plan=plan))
+                nursery.cancel_scope.cancel()
+                return
+            self.trace(f"Dial leg to {plan.description} failed with {final.status} {final.reason}.")
+            failures.append(leg)
+            check_all_failed(nursery)
+
+        def check_all_failed(nursery: trio.Nursery) -> None:
+            if not running:
+                if pending_delayed:
+                    skip_delay.set()  # dt= legs start at once when every running leg failed
+                elif not result:
+                    nursery.cancel_scope.cancel()
+
+        with trio.move_on_after(timeout) as timer:
+            async with trio.open_nursery() as nursery:
+                for plan in group:
+                    nursery.start_soon(run_leg, plan, nursery)
+        if result:
+            return result[0]
+        for leg in self.legs:
+            if leg.final is None:
+                leg.cancel()
+        if timer.cancelled_caught:
+            self.trace("Dial timed out.")
+            return DialOutcome(result="TimedOut", status=408, reason="Ring time limit reached")
+        if not failures:
+            return DialOutcome(result="Failed", status=480, reason="Temporarily Unavailable")
+        # The most telling failure (RFC 3261 16.7 step 6 ranks 6xx, then the lowest class).
+        best = min(failures, key=lambda leg: _rank(leg.final.status if leg.final else 500))
+        assert best.final is not None
+        status = best.final.status
+        return DialOutcome(
+            result="NoAnswer" if status in (408, 480, 486, 487, 600, 603) else "Failed",
+            status=status,
+            reason=best.final.reason,
+        )
+
+
+def _rank(status: int) -> float:
+    if 600 <= status < 700:
+        return 0
+    if status == 503:
+        return 5  # 16.7: 503 is converted to 500 and ranked low
+    return status / 100 if status < 600 else math.inf
+
+
+def relay_sdp(body: bytes, leg: OutboundLeg) -> bytes:
+    """The NAT fix for an answer or early media from a leg."""
+    return fix_sdp(body, leg.destination)

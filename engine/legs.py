@@ -1,0 +1,322 @@
+"""The two kinds of call leg a B2BUA holds, on top of the transaction layer.
+
+* :class:`InboundLeg`: the caller's INVITE, which we answer as a UAS (RFC 3261 13.3).
+  It sends provisional and final responses, retransmits its 2xx until the ACK arrives
+  (13.3.1.4), and is cancelled by the caller's CANCEL.
+* :class:`OutboundLeg`: an INVITE we send as a UAC (13.2) to a phone, a provider or our
+  own server.  It answers digest challenges, acknowledges a 2xx (13.2.2.4), and can be
+  cancelled (9.1) or hung up.
+
+Both create a :class:`~sip.dialog.Dialog` once answered; :mod:`engine.bridge` joins two
+dialogs.  Everything here runs in the server's trio loop and is driven by the events the
+transaction layer hands to the call engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from sip.dialog import Address, Dialog
+from sip.digest import authorization_for
+from sip.headers import Headers
+from sip.message import Request, Response, make_response, new_branch, new_tag
+from sip.transaction import ClientTransaction, ServerTransaction
+
+if TYPE_CHECKING:
+    from sip.transport import SIPEndpoint
+
+log = logging.getLogger(__name__)
+
+T1 = 0.5
+T2 = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """Digest credentials for a provider leg."""
+
+    username: str
+    password: str
+
+
+class InboundLeg:
+    """The caller's side: a server INVITE transaction we answer, then a UAS dialog."""
+
+    def __init__(self, *, endpoint: SIPEndpoint, transaction: ServerTransaction, contact: str) -> None:
+        self.endpoint = endpoint
+        self.transaction = transaction
+        self.request = transaction.request
+        self.local_tag = new_tag()
+        self.contact = contact
+        self.dialog: Dialog | None = None
+        self.final_status: int | None = None
+        self.cancelled = trio.Event()
+        self.acked = trio.Event()
+        self._answer: Response | None = None
+        self.progress_sent = False
+
+    @property
+    def source(self) -> Address:
+        return self.transaction.source
+
+    @property
+    def transport(self) -> str:
+        return self.transaction.transport
+
+    @property
+    def answered(self) -> bool:
+        return self.final_status is not None and 200 <= self.final_status < 300
+
+    def progress(self, status: int, reason: str | None = None, *, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Send a provisional response (180/183, with SDP for early media)."""
+        if self.final_status is not None:
+            return
+        extra = list(headers)
+        extra.append(("Contact", self.contact))
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=extra, body=body)
+        self.progress_sent = True
+        self.endpoint.respond(self.transaction, response)
+
+    def reject(self, status: int, reason: str | None = None, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        if self.final_status is not None:
+            return
+        self.final_status = status
+        response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=headers)
+        self.endpoint.respond(self.transaction, response)
+
+    def answer(self, body: bytes, *, headers: tuple[tuple[str, str], ...] = ()) -> Dialog:
+        """Send 200 OK with ``body`` (the SDP answer) and create the UAS dialog."""
+        assert self.final_status is None
+        self.final_status = 200
+        extra = [("Contact", self.contact), *headers]
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        response = make_response(self.request, 200, to_tag=self.local_tag, headers=extra, body=body)
+        self._answer = response
+        self.dialog = Dialog.as_uas(
+            self.request, local_tag=self.local_tag, contact=self.contact, flow=self.source, transport=self.transport
+        )
+        self.endpoint.respond(self.transaction, response)
+        return self.dialog
+
+    async def retransmit_answer(self) -> bool:
+        """Retransmit the 2xx until the ACK arrives (13.3.1.4): T1, doubling to T2,
+        for 64*T1.  Returns False when no ACK came (the UAS then ends the dialog)."""
+        assert self._answer is not None
+        if self.transport.upper() != "UDP":
+            with trio.move_on_after(64 * T1):
+                await self.acked.wait()
+            return self.acked.is_set()
+        interval = T1
+        deadline = trio.current_time() + 64 * T1
+        while not self.acked.is_set():
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                return False
+            with trio.move_on_after(min(interval, remaining)):
+                await self.acked.wait()
+            if self.acked.is_set():
+                break
+            self.endpoint.send_message(self._answer, self.transaction.destination, self.transport)
+            interval = min(interval * 2, T2)
+        return True
+
+
+class OutboundLeg:
+    """An INVITE we send (UAC).  Responses arrive through :meth:`on_response`."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: SIPEndpoint,
+        request: Request,
+        destination: Address,
+        transport: str = "UDP",
+        credentials: Credentials | None = None,
+        on_provisional: Callable[[OutboundLeg, Response], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.destination = destination
+        self.transport = transport
+        self.credentials = credentials
+        self.on_provisional = on_provisional
+        self.transaction: ClientTransaction | None = None
+        self.final: Response | None = None
+        self.final_event = trio.Event()
+        self.dialog: Dialog | None = None
+        self.cancel_requested = False
+        self.provisional: Response | None = None
+        self._auth_attempts = 0
+        self.started_at: float | None = None
+        self.progress_at: float | None = None
+        self.answered_at: float | None = None
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id
+
+    def start(self) -> None:
+        self.started_at = trio.current_time()
+        self._send(self.request)
+
+    def _send(self, request: Request) -> None:
+        self.request = request
+        tx = self.endpoint.request(request, self.destination, self.transport)
+        assert isinstance(tx, ClientTransaction)
+        tx.context = self
+        self.transaction = tx
+
+    # -- events from the transaction layer (via the call engine) -------------------------
+    def on_response(self, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status > 100:
+                self.provisional = response
+                if self.progress_at is None:
+                    self.progress_at = trio.current_time()
+                if self.on_provisional is not None and not self.cancel_requested:
+                    self.on_provisional(self, response)
+            return
+        if status in (401, 407) and self.credentials is not None and self._auth_attempts < 1 and not self.cancel_requested:
+            # 22.2: answer the challenge once with a new INVITE (CSeq + 1, new branch).
+            self._auth_attempts += 1
+            retry = self._authenticated_retry(response)
+            if retry is not None:
+                self._send(retry)
+                return
+        if 200 <= status < 300:
+            self._acknowledge(response)
+            if self.final is not None:
+                return  # a retransmitted 2xx (Accepted state passes each up)
+            self.answered_at = trio.current_time()
+            self.dialog = Dialog.as_uac(
+                self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
+            )
+        if self.final is None:
+            self.final = response
+            self.final_event.set()
+
+    def on_timeout(self) -> None:
+        if self.final is None:
+            # 8.1.3.1: a transaction timeout is treated as a 408.
+            self.final = make_response(self.request, 408, "No answer from the destination")
+            self.final_event.set()
+
+    def on_transport_error(self, reason: str) -> None:
+        if self.final is None:
+            self.final = make_response(self.request, 503, reason)
+            self.final_event.set()
+
+    def _contact(self) -> str:
+        return self.request.headers.get("Contact") or ""
+
+    def _acknowledge(self, response: Response) -> None:
+        """ACK a 2xx (13.2.2.4): a new request in the dialog with the INVITE's CSeq number,
+        sent directly (no transaction), to the flow the answer came from."""
+        cseq = self.request.cseq.number
+        dialog = self.dialog or Dialog.as_uac(
+            self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
+        )
+        host, port = self.endpoint.local
+        ack = dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=cseq)
+        self.endpoint.send_message(ack, dialog.destination() or self.destination, self.transport)
+
+    def _authenticated_retry(self, challenge: Response) -> Request | None:
+        assert self.credentials is not None
+        header, answer_name = (
+            ("WWW-Authenticate", "Authorization") if challenge.status == 401 else ("Proxy-Authenticate", "Proxy-Authorization")
+        )
+        values = challenge.headers.lines(header)
+        if not values:
+            return None
+        chosen = next((v for v in values if "SHA-256" in v.upper()), values[0])
+        uri = str(self.request.uri)
+        try:
+            auth = authorization_for(
+                chosen, "INVITE", uri, self.credentials.username, self.credentials.password, nc=1, cnonce=new_tag()
+            )
+        except ValueError:
+            return None
+        cseq = self.request.cseq
+        headers = (
+            self.request.headers.without("Authorization", "Proxy-Authorization")
+            .with_replaced("CSeq", f"{cseq.number + 1} INVITE")
+            .with_added(answer_name, auth)
+        )
+        via = self.request.top_via.with_params(branch=new_branch())
+        headers = headers.with_first_value_removed("Via").with_added("Via", str(via), first=True)
+        return self.request.replace(headers=headers)
+
+    # -- actions ---------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Cancel the INVITE (9.1); if it already has a 2xx, hang up instead."""
+        if self.cancel_requested:
+            return
+        self.cancel_requested = True
+        if self.final is None and self.transaction is not None:
+            self.endpoint.perform(self.endpoint.layer.cancel(self.transaction, trio.current_time()))
+        elif self.dialog is not None:
+            self.hangup()
+
+    def hangup(self, reason: str | None = None) -> None:
+        """Send BYE in the dialog (fire and forget: its transaction retransmits)."""
+        if self.dialog is None:
+            return
+        host, port = self.endpoint.local
+        headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
+        bye = self.dialog.create_request("BYE", via_host=_advertised(host), via_port=port, headers=headers)
+        self.endpoint.request(bye, self.dialog.destination() or self.destination, self.transport)
+        self.dialog = None
+
+    async def wait_final(self, timeout: float = math.inf) -> Response | None:
+        with trio.move_on_after(timeout):
+            await self.final_event.wait()
+        return self.final
+
+
+def build_invite(
+    *,
+    target: str,
+    request_uri: str,
+    from_header: str,
+    call_id: str,
+    contact: str,
+    via_host: str,
+    via_port: int,
+    transport: str,
+    max_forwards: int,
+    body: bytes,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> Request:
+    """An initial INVITE for an outbound leg (8.1.1)."""
+    from sip.uri import URI
+
+    items: list[tuple[str, str]] = [
+        ("Via", f"SIP/2.0/{transport.upper()} {via_host}:{via_port};branch={new_branch()};rport"),
+        ("Max-Forwards", str(max_forwards)),
+        ("From", f"{from_header};tag={new_tag()}"),
+        ("To", target),
+        ("Call-ID", call_id),
+        ("CSeq", "1 INVITE"),
+        ("Contact", contact),
+        ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"),
+        *extra_headers,
+    ]
+    if body:
+        items.append(("Content-Type", "application/sdp"))
+    return Request(method="INVITE", uri=URI.parse(request_uri), headers=Headers(items), body=body)
+
+
+def _advertised(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,307 @@
+"""What calls read and leave behind: dialplans, providers, the key/value store, traces
+and call detail records (CDRs), on top of :class:`engine.storage.Store`.
+
+Reads come from the store's read connection (never blocking the writer); writes go
+through the group-commit writer.  A CDR is one row per leg: the caller's leg and each
+dialled leg, linked by the bridge id when they were bridged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from engine.storage import Store
+
+if TYPE_CHECKING:
+    from engine.bridge import Bridge
+    from engine.calls import Call
+    from engine.legs import OutboundLeg
+
+log = logging.getLogger(__name__)
+
+KV_MAX_KEYS = 100
+KV_MAX_KEY = 64
+KV_MAX_VALUE = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provider:
+    """A customer's SIP trunk (docs/providers.md)."""
+
+    id: int
+    customer_id: int
+    name: str
+    server: str  # host[:port]
+    username: str | None = None
+    password: str | None = None
+    from_user: str | None = None
+    from_host: str | None = None
+    outbound_proxy: str | None = None  # host[:port]
+    headers: tuple[tuple[str, str], ...] = ()
+    register: bool = False
+    register_contact: str | None = None
+    register_expiry: int = 3600
+
+    @property
+    def server_host(self) -> str:
+        return _split_hostport(self.server)[0]
+
+    @property
+    def server_port(self) -> int | None:
+        return _split_hostport(self.server)[1]
+
+    @property
+    def proxy_host(self) -> str | None:
+        return _split_hostport(self.outbound_proxy)[0] if self.outbound_proxy else None
+
+    @property
+    def proxy_port(self) -> int | None:
+        return _split_hostport(self.outbound_proxy)[1] if self.outbound_proxy else None
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    text = text.strip()
+    if text.startswith("sip:"):
+        text = text[4:]
+    if text.startswith("["):
+        end = text.find("]")
+        host, rest = text[: end + 1], text[end + 1 :]
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    host, sep, port = text.partition(":")
+    return host, int(port) if sep and port.isdigit() else None
+
+
+@dataclass(slots=True)
+class _CDR:
+    id: str
+    customer_id: int | None
+    call_id: str
+    direction: str
+    leg: str
+    from_uri: str
+    to_uri: str
+    created: float
+    bridge_id: str | None = None
+    progress_at: float | None = None
+    answered_at: float | None = None
+    hungup_at: float | None = None
+    status: int | None = None
+    reason: str | None = None
+    hangup_reason: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class CallRecords:
+    """Per-server access to the tables calls use."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._open: dict[int, list[tuple[object, _CDR]]] = {}  # id(call) -> leg records
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    # -- reads --------------------------------------------------------------------------
+    def dialplan(self, customer_id: int, name: str) -> tuple[str | None, str | None]:
+        row = self.store.query_one(
+            "SELECT source, trace_email FROM dialplans WHERE customer_id = ? AND name = ?", (customer_id, name)
+        )
+        return (None, None) if row is None else (str(row[0]), row[1])
+
+    def providers(self, customer_id: int) -> list[Provider]:
+        rows = self.store.query_all(
+            "SELECT id, customer_id, name, server, username, password, from_user, from_host, "
+            "outbound_proxy, headers, register, register_contact, register_expiry "
+            "FROM providers WHERE customer_id = ? ORDER BY name",
+            (customer_id,),
+        )
+        return [_provider(r) for r in rows]
+
+    # -- key/value store (sys.DB*) ------------------------------------------------------------
+    async def kv_write(self, customer_id: int, key: str, value: str) -> str | None:
+        """Store a value; returns an error message for the author, or None."""
+        if len(key) > KV_MAX_KEY or not key:
+            return f"sys.DBWrite(): key must be 1-{KV_MAX_KEY} characters"
+        if len(value) > KV_MAX_VALUE:
+            return f"sys.DBWrite(): value must be at most {KV_MAX_VALUE} characters"
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            exists = conn.execute("SELECT 1 FROM kv WHERE customer_id = ? AND key = ?", (customer_id, key)).fetchone()
+            if exists is None:
+                count = conn.execute("SELECT COUNT(*) FROM kv WHERE customer_id = ?", (customer_id,)).fetchone()[0]
+                if count >= KV_MAX_KEYS:
+                    return f"sys.DBWrite(): at most {KV_MAX_KEYS} keys per customer"
+            conn.execute(
+                "INSERT INTO kv (customer_id, key, value, updated) VALUES (?, ?, ?, strftime('%s','now')) "
+                "ON CONFLICT (customer_id, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (customer_id, key, value),
+            )
+            return None
+
+        return await self.store.write(op)
+
+    async def kv_read(self, customer_id: int, key: str) -> str | None:
+        row = self.store.query_one("SELECT value FROM kv WHERE customer_id = ? AND key = ?", (customer_id, key))
+        return None if row is None else str(row[0])
+
+    async def kv_delete(self, customer_id: int, key: str) -> None:
+        await self.store.write(lambda conn: conn.execute("DELETE FROM kv WHERE customer_id = ? AND key = ?", (customer_id, key)))
+
+    async def kv_keys(self, customer_id: int) -> list[str]:
+        return [str(r[0]) for r in self.store.query_all("SELECT key FROM kv WHERE customer_id = ? ORDER BY key", (customer_id,))]
+
+    # -- traces -------------------------------------------------------------------------------
+    async def save_trace(self, call: Call, dialplan: str, lines: list[str], now: float) -> str:
+        trace_id = uuid.uuid4().hex
+        owner = call.account.customer_id if call.account is not None else None
+        text = "\n".join(lines)
+        await self.store.write(
+            lambda conn: conn.execute(
+                "INSERT INTO traces (id, customer_id, call_id, dialplan, created, text) VALUES (?, ?, ?, ?, ?, ?)",
+                (trace_id, owner, call.leg.request.call_id, dialplan, now, text),
+            )
+        )
+        return trace_id
+
+    # -- CDRs ---------------------------------------------------------------------------------
+    def _caller_cdr(self, call: Call, now: float) -> _CDR:
+        legs = self._open.setdefault(id(call), [])
+        for owner, cdr in legs:
+            if owner is call:
+                return cdr
+        request = call.leg.request
+        cdr = _CDR(
+            id=uuid.uuid4().hex,
+            customer_id=call.account.customer_id if call.account is not None else None,
+            call_id=request.call_id,
+            direction=call.direction.lower(),
+            leg="caller",
+            from_uri=str(request.from_.uri),
+            to_uri=str(request.uri),
+            created=call.started,
+        )
+        legs.append((call, cdr))
+        return cdr
+
+    def leg_started(self, call: Call, leg: OutboundLeg, now: float) -> None:
+        self._caller_cdr(call, now)
+        cdr = _CDR(
+            id=uuid.uuid4().hex,
+            customer_id=call.account.customer_id if call.account is not None else None,
+            call_id=leg.call_id,
+            direction="out",
+            leg="callee",
+            from_uri=str(leg.request.from_.uri),
+            to_uri=str(leg.request.uri),
+            created=now,
+        )
+        self._open[id(call)].append((leg, cdr))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_leg_when_done, call, leg, cdr)
+
+    async def _close_leg_when_done(self, call: Call, leg: OutboundLeg, cdr: _CDR) -> None:
+        final = await leg.wait_final()
+        if final is None:
+            return
+        cdr.status = final.status
+        cdr.reason = final.reason
+        cdr.progress_at = _wall(leg.progress_at, leg.started_at, cdr.created)
+        if 200 <= final.status < 300:
+            cdr.answered_at = _wall(leg.answered_at, leg.started_at, cdr.created)
+            return  # written when the bridge (or the late 2xx's hang-up) ends
+        cdr.hungup_at = cdr.created if cdr.answered_at is None else cdr.answered_at
+        await self._write([cdr])
+        self._forget(call, leg)
+
+    def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
+        caller = self._caller_cdr(call, now)
+        caller.bridge_id = bridge.bridge_id
+        caller.answered_at = now
+        caller.status = 200
+        for owner, cdr in self._open.get(id(call), []):
+            if owner is winner:
+                cdr.bridge_id = bridge.bridge_id
+                cdr.answered_at = cdr.answered_at or now
+
+    def bridge_ended(self, call: Call, bridge: Bridge, by: str, reason: str, now: float) -> None:
+        records = [cdr for _, cdr in self._open.pop(id(call), []) if cdr.bridge_id == bridge.bridge_id]
+        for cdr in records:
+            cdr.hungup_at = now
+            cdr.hangup_reason = f"{reason} ({by})"
+        if self._nursery is not None and records:
+            self._nursery.start_soon(self._write, records)
+
+    async def call_finished(self, call: Call, now: float) -> None:
+        """The caller's transaction is over: write its CDR unless a bridge holds it."""
+        records = self._open.get(id(call), [])
+        caller = next((cdr for owner, cdr in records if owner is call), None)
+        if caller is None or caller.bridge_id is not None:
+            return
+        caller.status = call.leg.final_status
+        caller.hungup_at = now
+        await self._write([caller])
+        self._open.pop(id(call), None)
+
+    def _forget(self, call: Call, leg: object) -> None:
+        records = self._open.get(id(call))
+        if records is not None:
+            records[:] = [(o, c) for o, c in records if o is not leg]
+
+    async def _write(self, cdrs: list[_CDR]) -> None:
+        rows = [
+            (
+                c.id, c.customer_id, c.bridge_id, c.call_id, c.direction, c.leg, c.from_uri, c.to_uri, c.created,
+                c.progress_at, c.answered_at, c.hungup_at, c.status, c.reason, c.hangup_reason,
+            )
+            for c in cdrs
+        ]
+        try:
+            await self.store.write(
+                lambda conn: conn.executemany(
+                    "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, "
+                    "to_uri, created, progress_at, answered_at, hungup_at, status, reason, hangup_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            )
+        except Exception:
+            log.exception("could not store %d CDRs", len(rows))
+
+
+def _wall(mono: float | None, mono_start: float | None, wall_start: float) -> float | None:
+    if mono is None or mono_start is None:
+        return None
+    return wall_start + (mono - mono_start)
+
+
+def _provider(row: tuple[object, ...]) -> Provider:
+    headers_raw = row[9]
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(headers_raw, str) and headers_raw:
+        try:
+            headers = tuple((str(k), str(v)) for k, v in json.loads(headers_raw))
+        except (ValueError, TypeError):
+            headers = ()
+    return Provider(
+        id=int(row[0]),  # type: ignore[call-overload]
+        customer_id=int(row[1]),  # type: ignore[call-overload]
+        name=str(row[2]),
+        server=str(row[3]),
+        username=row[4] if isinstance(row[4], str) else None,
+        password=row[5] if isinstance(row[5], str) else None,
+        from_user=row[6] if isinstance(row[6], str) else None,
+        from_host=row[7] if isinstance(row[7], str) else None,
+        outbound_proxy=row[8] if isinstance(row[8], str) else None,
+        headers=headers,
+        register=bool(row[10]),
+        register_contact=row[11] if isinstance(row[11], str) else None,
+        register_expiry=int(row[12]) if isinstance(row[12], int) else 3600,
+    )
