@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 LOCKOUT_REASON = "Forbidden (too many failed attempts: locked out, try again later)"
 
+#: User-Agent prefixes (lower case) of clients that answer only the FIRST challenge and
+#: support only MD5 - contrary to RFC 8760, under which a client uses the topmost
+#: challenge it supports.  SIPp 3.6 and sipsak stop with "unsupported algorithm" when
+#: SHA-256 comes first.  They get MD5 on top; everyone else gets SHA-256 first.
+MD5_FIRST_AGENTS = ("sipsak", "sipp")
+
 
 class AuthOutcome(enum.Enum):
     ACCEPTED = "accepted"
@@ -78,6 +84,8 @@ class Authenticator:
         failure_window: float = 60.0,
         lockout: float = 900.0,
         max_tracked: int = 100_000,
+        md5_first_agents: tuple[str, ...] = MD5_FIRST_AGENTS,
+        md5_first_without_user_agent: bool = True,
     ) -> None:
         self._store = store
         if challenger is None:
@@ -89,6 +97,9 @@ class Authenticator:
         self.failure_window = failure_window
         self.lockout = lockout
         self._max_tracked = max_tracked
+        self._md5_first_agents = tuple(a.lower() for a in md5_first_agents)
+        # SIPp's scenarios (reg_auth.xml included) send no User-Agent; phones do.
+        self._md5_first_without_user_agent = md5_first_without_user_agent
         # key ("aor:alice@example.com" / "src:203.0.113.5") -> recent failure times
         self._failures: dict[str, deque[float]] = {}
         # key -> end of its lock-out
@@ -122,7 +133,7 @@ class Authenticator:
         except SIPParseError as exc:
             return AuthResult(outcome=AuthOutcome.BAD_REQUEST, reason=f"Bad Request ({exc.reason})")
         if credentials is None:
-            return self._challenge(realm, now, proxy, stale=False)
+            return self._challenge(request, realm, now, proxy, stale=False)
         account = self._account(user, domain, now)
 
         def lookup(username: str, algorithm: DigestAlgorithm) -> str | None:
@@ -141,17 +152,29 @@ class Authenticator:
         if verdict is DigestVerdict.FAILED:
             self._record_failure(aor_key, source_key, user=user, domain=domain, source=source,
                                  owner=None if account is None else account.customer_id, now=now)
-        return self._challenge(realm, now, proxy, stale=verdict is DigestVerdict.STALE)
+        return self._challenge(request, realm, now, proxy, stale=verdict is DigestVerdict.STALE)
 
     def challenge_headers(self, realm: str, now: float, *, proxy: bool = False,
-                          stale: bool = False) -> tuple[tuple[str, str], ...]:
-        """The WWW-Authenticate (or Proxy-Authenticate) lines of a fresh challenge."""
+                          stale: bool = False, request: Request | None = None
+                          ) -> tuple[tuple[str, str], ...]:
+        """The WWW-Authenticate (or Proxy-Authenticate) lines of a fresh challenge for
+        ``request`` (whose User-Agent decides the order, see MD5_FIRST_AGENTS)."""
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        return tuple((name, value) for value in self.challenger.challenge(realm, now, stale=stale))
+        md5_first = request is not None and self._wants_md5_first(request)
+        values = self.challenger.challenge(realm, now, stale=stale, md5_first=md5_first)
+        return tuple((name, value) for value in values)
 
-    def _challenge(self, realm: str, now: float, proxy: bool, *, stale: bool) -> AuthResult:
-        return AuthResult(outcome=AuthOutcome.CHALLENGE,
-                          headers=self.challenge_headers(realm, now, proxy=proxy, stale=stale))
+    def _wants_md5_first(self, request: Request) -> bool:
+        agent = request.headers.get("User-Agent")
+        if agent is None:
+            return self._md5_first_without_user_agent
+        agent = agent.lstrip().lower()
+        return agent.startswith(self._md5_first_agents)
+
+    def _challenge(self, request: Request, realm: str, now: float, proxy: bool, *,
+                   stale: bool) -> AuthResult:
+        return AuthResult(outcome=AuthOutcome.CHALLENGE, headers=self.challenge_headers(
+            realm, now, proxy=proxy, stale=stale, request=request))
 
     def _account(self, user: str, domain: str, now: float) -> Account | None:
         account = self._store.directory().account(user, domain)

@@ -320,7 +320,7 @@ class DigestChallenger:
     """
 
     __slots__ = ("_secret", "_lifetime_ms", "_counter", "_opaque", "_seen", "_max_nonces",
-                 "_watermark_ms", "_algorithms", "_dummy_key")
+                 "_watermark_ms", "_algorithms", "_md5_first_order", "_dummy_key")
 
     def __init__(
         self,
@@ -344,6 +344,7 @@ class DigestChallenger:
         # it that is missing from the table may have been used already.
         self._watermark_ms = -1
         self._algorithms = algorithms
+        self._md5_first_order = tuple(sorted(algorithms, key=lambda a: a is not DigestAlgorithm.MD5))
 
     # -- challenges ----------------------------------------------------------------------
     def new_nonce(self, realm: str, now: float) -> str:
@@ -352,15 +353,20 @@ class DigestChallenger:
         mac = hmac.digest(self._secret, payload + realm.encode("utf-8"), "sha256")
         return base64.urlsafe_b64encode(payload + mac[:_NONCE_MAC_BYTES]).decode("ascii")
 
-    def challenge(self, realm: str, now: float, *, stale: bool = False) -> tuple[str, ...]:
+    def challenge(self, realm: str, now: float, *, stale: bool = False,
+                  md5_first: bool = False) -> tuple[str, ...]:
         """The challenge values for a 401/407, one per algorithm, most preferred first.
 
         All share one nonce; ``stale`` marks a challenge answering a request whose only
-        fault was an old nonce (the client may retry without asking the user again)."""
+        fault was an old nonce (the client may retry without asking the user again).
+        ``md5_first`` moves MD5 to the top for clients that read only the first
+        challenge (see :mod:`engine.auth`); it changes no security property, since MD5
+        is accepted either way."""
         nonce = self.new_nonce(realm, now)
         tail = ', qop="auth"' + (", stale=true" if stale else "")
         head = f"Digest realm={_quote(realm)}, nonce=\"{nonce}\", opaque=\"{self._opaque}\""
-        return tuple(f"{head}, algorithm={a.value}{tail}" for a in self._algorithms)
+        order = self._md5_first_order if md5_first else self._algorithms
+        return tuple(f"{head}, algorithm={a.value}{tail}" for a in order)
 
     def _nonce_issued_ms(self, nonce: str, realm: str) -> int | None:
         """The issue time of a nonce we made for this realm, or None."""

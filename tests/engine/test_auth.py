@@ -129,3 +129,29 @@ def test_account_added_by_another_process_authenticates_at_once(store: Store, tm
     assert attempt(auth, "carol", "pw").outcome is AuthOutcome.CHALLENGE
     Store.open(tmp_path).add_account("carol", LOCAL_DOMAIN, customer="acme", password="pw", now=2.0)
     assert attempt(auth, "carol", "pw").outcome is AuthOutcome.ACCEPTED
+
+
+def _algorithms(result: AuthResult) -> list[str]:
+    return [value.split("algorithm=")[1].split(",")[0] for _, value in result.headers]
+
+
+def _with_agent(user: str, agent: str | None) -> Request:
+    base = request(user)
+    if agent is None:
+        return base
+    return base.replace(headers=base.headers.with_added("User-Agent", agent))
+
+
+@pytest.mark.parametrize(("agent", "order"), [
+    ("Linphone/5.2 (belle-sip/5.2)", ["SHA-256", "MD5"]),
+    ("sipsak 0.9.8.1", ["MD5", "SHA-256"]),
+    ("SIPp/3.6.1", ["MD5", "SHA-256"]),
+    (None, ["MD5", "SHA-256"]),  # SIPp's own scenarios send no User-Agent
+])
+def test_first_challenge_only_clients_get_md5_on_top(store: Store, agent: str | None,
+                                                      order: list[str]) -> None:
+    auth = Authenticator(store=store, events=EventBus())
+    for user in ("alice", "nobody"):  # never depends on the account
+        result = auth.check(_with_agent(user, agent), user=user, domain=LOCAL_DOMAIN,
+                            realm=LOCAL_DOMAIN, source="198.51.100.7", now=NOW)
+        assert _algorithms(result) == order
