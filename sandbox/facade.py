@@ -428,6 +428,7 @@ class Uri(_Frozen):
         {"User", "UnescapedUser", "Host", "Port", "Scheme", "Parameters", "ToString"}
     )
     __slots__ = ("User", "UnescapedUser", "Host", "Port", "Scheme", "Parameters", "_text")
+    _text: str
 
     def __init__(self, data: Mapping[str, object]) -> None:
         user = _plain_str(data.get("User"))
@@ -452,10 +453,10 @@ class Uri(_Frozen):
         )
 
     def ToString(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __str__(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __repr__(self) -> str:
         return f"<URI {self._text}>"
@@ -469,6 +470,7 @@ class FromHeader(_Frozen):
 
     PUBLIC: ClassVar[frozenset[str]] = frozenset({"FromName", "FromURI", "FromTag", "ToString"})
     __slots__ = ("FromName", "FromURI", "FromTag", "_text")
+    _text: str
 
     def __init__(self, data: Mapping[str, object]) -> None:
         uri = Uri(_mapping(data.get("URI")))
@@ -478,10 +480,10 @@ class FromHeader(_Frozen):
         _set(self, FromName=name, FromURI=uri, FromTag=tag, _text=text)
 
     def ToString(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __str__(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __repr__(self) -> str:
         return f"<From {self._text}>"
@@ -492,6 +494,7 @@ class ToHeader(_Frozen):
 
     PUBLIC: ClassVar[frozenset[str]] = frozenset({"ToName", "ToURI", "ToTag", "ToString"})
     __slots__ = ("ToName", "ToURI", "ToTag", "_text")
+    _text: str
 
     def __init__(self, data: Mapping[str, object]) -> None:
         uri = Uri(_mapping(data.get("URI")))
@@ -501,10 +504,10 @@ class ToHeader(_Frozen):
         _set(self, ToName=name, ToURI=uri, ToTag=tag, _text=text)
 
     def ToString(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __str__(self) -> str:
-        return self._text  # type: ignore[no-any-return]
+        return self._text
 
     def __repr__(self) -> str:
         return f"<To {self._text}>"
@@ -522,6 +525,7 @@ class Headers(_Frozen):
         {"From", "To", "CallId", "CSeq", "Contact", "UserAgent", "UnknownHeaders", "Get"}
     )
     __slots__ = ("From", "To", "CallId", "CSeq", "Contact", "UserAgent", "UnknownHeaders", "_all")
+    _all: tuple[tuple[str, str], ...]
 
     def __init__(self, data: Mapping[str, object]) -> None:
         unknown = data.get("UnknownHeaders")
@@ -555,7 +559,7 @@ class Headers(_Frozen):
         wanted = name.lower()
         for header, value in self._all:
             if header == wanted:
-                return value  # type: ignore[no-any-return]
+                return value
         return None
 
     def __repr__(self) -> str:
@@ -576,6 +580,9 @@ class Request(_Frozen):
 
     PUBLIC: ClassVar[frozenset[str]] = frozenset({"Method", "Body", "URI", "Header"})
     __slots__ = ("_data", "_uri", "_header")
+    _data: Mapping[str, object]
+    _uri: Uri | None
+    _header: Headers | None
 
     def __init__(self, data: Mapping[str, object]) -> None:
         _set(self, _data=data, _uri=None, _header=None)
@@ -594,7 +601,7 @@ class Request(_Frozen):
         if uri is None:
             uri = Uri(_mapping(self._data.get("URI")))
             object.__setattr__(self, "_uri", uri)
-        return uri  # type: ignore[no-any-return]
+        return uri
 
     @property
     def Header(self) -> Headers:
@@ -602,7 +609,7 @@ class Request(_Frozen):
         if header is None:
             header = Headers(_mapping(self._data.get("Header")))
             object.__setattr__(self, "_header", header)
-        return header  # type: ignore[no-any-return]
+        return header
 
     def __str__(self) -> str:
         return f"{self.Method} {self.URI.ToString()}"
@@ -619,6 +626,9 @@ class Match:
 
     PUBLIC: ClassVar[frozenset[str]] = frozenset({"group", "groups", "start", "end", "span"})
     __slots__ = ("_groups", "_spans", "_names")
+    _groups: tuple[str | None, ...]
+    _spans: tuple[tuple[int, int], ...]
+    _names: dict[str, int]
 
     def __init__(
         self,
@@ -635,7 +645,7 @@ class Match:
         if type(group) is int and 0 <= group < len(self._groups):
             return group
         if type(group) is str and group in self._names:
-            return self._names[group]  # type: ignore[no-any-return]
+            return self._names[group]
         raise IndexError("no such group")
 
     def group(self, *groups: object) -> object:
@@ -649,13 +659,13 @@ class Match:
         return tuple(default if g is None else g for g in self._groups[1:])
 
     def start(self, group: object = 0) -> int:
-        return self._spans[self._index(group)][0]  # type: ignore[no-any-return]
+        return self._spans[self._index(group)][0]
 
     def end(self, group: object = 0) -> int:
-        return self._spans[self._index(group)][1]  # type: ignore[no-any-return]
+        return self._spans[self._index(group)][1]
 
     def span(self, group: object = 0) -> tuple[int, int]:
-        return self._spans[self._index(group)]  # type: ignore[no-any-return]
+        return self._spans[self._index(group)]
 
     def __bool__(self) -> bool:
         return True
@@ -705,6 +715,10 @@ class Regex:
          "I", "IGNORECASE", "M", "MULTILINE", "S", "DOTALL"}
     )
     __slots__ = ("_cache", "_pattern_chars", "_subject_chars", "_value_chars")
+    _cache: RegexCache
+    _pattern_chars: int
+    _subject_chars: int
+    _value_chars: int
     I = IGNORECASE = 2  # noqa: E741 - the stdlib re spelling
     M = MULTILINE = 8
     S = DOTALL = 16
@@ -774,9 +788,10 @@ class Regex:
         if (len(string) + 1) * (len(repl) + 1) + len(string) > self._value_chars:  # type: ignore[arg-type]
             raise ValueError("re.sub(): the result could be too large")
         try:
-            return regex.sub(repl, string, count)  # type: ignore[no-any-return]
+            result: str = regex.sub(repl, string, count)
         except (re2.error, IndexError) as exc:
             raise ValueError(f"re.sub(): invalid replacement: {exc}") from None
+        return result
 
     def escape(self, string: object) -> str:
         if type(string) is not str:

@@ -202,7 +202,9 @@ def _validate(message: dict[str, object]) -> WorkerFrame:
         error = message.get("error")
         limit = message.get("limit")
         cpu = message.get("cpu", 0.0)
-        if type(cpu) not in (int, float) or not math.isfinite(cpu) or cpu < 0:  # type: ignore[arg-type]
+        if not isinstance(cpu, int | float) or type(cpu) is bool:
+            raise ValueError("bad cpu")
+        if not math.isfinite(cpu) or cpu < 0:
             raise ValueError("bad cpu")
         trace = message.get("trace", True)
         if type(trace) is not bool:
@@ -213,7 +215,7 @@ def _validate(message: dict[str, object]) -> WorkerFrame:
             error=None if error is None else _error(error),
             limit=None if limit is None else LimitKind(_str(limit, 32)),
             trace=trace,
-            cpu=float(cpu),  # type: ignore[arg-type]
+            cpu=float(cpu),
             lines=_lines(message.get("log", [])),
             compile_errors=_compile_errors(message.get("compile_errors", [])),
         )

@@ -12,9 +12,9 @@ backstop, because after a MemoryError nothing in the process is trustworthy.
 from __future__ import annotations
 
 import operator
-from time import process_time
 import re as stdlib_re
 from collections.abc import Callable, Iterable
+from time import process_time
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
@@ -39,7 +39,7 @@ _SPEC = stdlib_re.compile(
     r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)[_,]?(?:\.(\d+))?[bcdeEfFgGnosxX%]?", stdlib_re.DOTALL
 )
 _SEQUENCES = (str, list, tuple, bytes)
-_UNIT = {str: 1, bytes: 1, list: 8, tuple: 8}
+_UNIT: dict[type, int] = {str: 1, bytes: 1, list: 8, tuple: 8}
 _INPLACE: dict[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd,
     "-=": operator.isub,
@@ -69,6 +69,8 @@ class SafeBuiltin:
     """A builtin replaced by a checked version; its repr looks like any builtin's."""
 
     __slots__ = ("_name", "_function")
+    _name: str
+    _function: Callable[..., Any]
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         object.__setattr__(self, "_name", name)
@@ -88,6 +90,9 @@ class GuardedMethod:
     """A size-producing ``str``/``list`` method, checked before it runs."""
 
     __slots__ = ("_guards", "_target", "_name")
+    _guards: Guards
+    _target: Any
+    _name: str
 
     def __init__(self, guards: Guards, target: object, name: str) -> None:
         object.__setattr__(self, "_guards", guards)

@@ -25,6 +25,7 @@ inside the resource-limited worker process, never in the server.
 from __future__ import annotations
 
 import ast
+import typing
 from dataclasses import dataclass
 from types import CodeType
 
@@ -45,12 +46,6 @@ _GUARDED_BINOPS: dict[type[ast.operator], str] = {
 }
 
 _PROTECTED_NAMES = BUILTIN_NAMES | FACADE_NAMES | {"print", "printed"}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Position:
-    line: int
-    column: int
 
 
 class DialplanPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
@@ -154,7 +149,7 @@ class DialplanPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
             # classes gone there is no reason to define one.
             self.error(node, f'"{node.name}" is an invalid function name')
         self._check_binding(node, node.name)
-        return super().visit_FunctionDef(node)  # type: ignore[no-any-return]
+        return typing.cast(ast.AST, super().visit_FunctionDef(node))
 
     def visit_arg(self, node: ast.arg) -> ast.AST:
         self._check_binding(node, node.arg)
@@ -163,7 +158,7 @@ class DialplanPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         if node.name is not None:
             self._check_binding(node, node.name)
-        node = super().visit_ExceptHandler(node)
+        node = typing.cast(ast.ExceptHandler, super().visit_ExceptHandler(node))
         # Every handler starts with _check_(): catching RecursionError in a loop one
         # frame below the recursion limit would otherwise starve the CPU timer.
         check = ast.Expr(ast.Call(func=ast.Name("_check_", ast.Load()), args=[], keywords=[]))
@@ -174,7 +169,7 @@ class DialplanPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, (ast.Store, ast.Del)):
             self._check_binding(node, node.id)
-        return super().visit_Name(node)  # type: ignore[no-any-return]
+        return typing.cast(ast.AST, super().visit_Name(node))
 
     def _check_binding(self, node: ast.AST, name: str) -> None:
         if name in _PROTECTED_NAMES:

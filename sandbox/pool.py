@@ -329,7 +329,7 @@ class SandboxPool:
                 data = await stdout.receive_some(65536)
                 if not data:
                     return "worker exited"
-                for payload in decoder.feed(data):
+                for payload in decoder.feed(bytes(data)):
                     frame = parse_worker_frame_untrusted(payload)
                     if isinstance(frame, ReadyFrame):
                         if worker.ready_seen:
@@ -481,10 +481,11 @@ class SandboxPool:
                     finished = True
                     log.add(frame.lines)
                     return _done(frame, log, started)
-                log.add(frame.lines)
                 if isinstance(frame, LogFrame):
+                    log.add(frame.lines)
                     continue
                 assert isinstance(frame, CallFrame)
+                log.add(frame.lines)
                 now = trio.current_time()
                 reply: HostReply | None = None
                 if frame.name == "ExtendScriptTimeout":

@@ -30,18 +30,22 @@ _HOST_PATHS = ("/work/", "site-packages", "/root/", "sandbox/", ".py\"", "/usr/l
 class RecordingHost:
     """A Host that records calls; Dial fails with 480 unless told to answer."""
 
-    def __init__(self, *, block: bool = False, answer: bool = False) -> None:
+    def __init__(self, *, block: bool = False, answer: bool = False, expected: int = 0) -> None:
         self.calls: list[tuple[str, tuple[PlainValue, ...]]] = []
         self.lines: list[str] = []
         self.block = block
         self.answer = answer
         self.parked = 0
         self.release = trio.Event()
+        self.expected = expected
+        self.all_parked = trio.Event()
 
     async def call(self, name: str, args: tuple[PlainValue, ...]) -> HostReply:
         self.calls.append((name, args))
         if self.block:
             self.parked += 1
+            if self.parked >= self.expected:
+                self.all_parked.set()
             await self.release.wait()
         if name == "Dial":
             if self.answer:

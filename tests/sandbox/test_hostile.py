@@ -91,6 +91,7 @@ def test_hostile_suite_is_large_and_covers_every_category() -> None:
 async def test_hostile_dialplans_are_contained(category: str) -> None:
     limits = Limits()
     paths = [path for path in FILES if expectation(path) == category]
+    sources = {path: path.read_text(encoding="utf-8") for path in paths}
     failures: list[str] = []
     peak_rss = 0
     limiter = trio.CapacityLimiter(12)
@@ -99,7 +100,7 @@ async def test_hostile_dialplans_are_contained(category: str) -> None:
 
             async def attack(path: Path) -> None:
                 nonlocal peak_rss
-                source = path.read_text(encoding="utf-8")
+                source = sources[path]
                 for attempt in (1, 2):
                     async with limiter:
                         host = RecordingHost()
