@@ -63,7 +63,8 @@ _USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
 _ESCAPE_OK = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _IPV6_BODY = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_OPTION_NAMES = ("dt", "cd", "fd", "fu", "fh")
+OPTION_NAMES = ("dt", "cd", "fd", "fu", "fh")
+"""The leg options, as written before "="."""
 
 
 class DialStringError(ValueError):
@@ -258,7 +259,7 @@ def _parse_options(text: str | None, substitutions: Mapping[str, str], leg: str)
     for item in text.split(","):
         name, eq, raw = item.partition("=")
         name = name.strip().lower()
-        if not eq or name not in _OPTION_NAMES:
+        if not eq or name not in OPTION_NAMES:
             raise DialStringError(
                 f"unknown dial string option '{item.strip()}' in leg '{leg}' "
                 "(expected dt=, cd=, fd=, fu= or fh=)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 from engine.dialstring import (
     MAX_DIAL_STRING,
     MAX_LEGS,
+    OPTION_NAMES,
+    SUBSTITUTION_NAMES,
     DialStringError,
     LegKind,
     LegOptions,
@@ -188,3 +192,11 @@ def test_arbitrary_text_raises_only_dial_string_error(text: str, values: dict[st
     for leg in plan.legs:
         assert leg.host and 0 <= leg.options.delay <= 120
         assert leg.key.startswith(("sip:", "sips:"))
+
+
+def test_user_guide_lists_every_option_and_substitution() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "dialstrings.md").read_text()
+    for name in OPTION_NAMES:
+        assert f"`{name}=" in guide, name
+    for name in SUBSTITUTION_NAMES:
+        assert f"`${{{name}}}`" in guide, name
