@@ -53,6 +53,8 @@ from typing import Any, TypeVar
 import sqlite_utils
 import trio
 
+from engine.schema import LOCAL_DOMAIN as LOCAL_DOMAIN
+from engine.schema import MIGRATIONS
 from sip.digest import DigestAlgorithm, compute_ha1
 from sip.errors import SIPParseError
 from sip.uri import URI
@@ -63,8 +65,6 @@ T = TypeVar("T")
 
 DEFAULT_DATA_DIR = Path("./dialspell-data")
 DB_FILENAME = "dialspell.db"
-#: The pseudo-domain that stands for the server's default domain (its ``--domain``).
-LOCAL_DOMAIN = "local"
 #: How often (seconds) the directory cache asks SQLite whether anything changed.
 DIRECTORY_RECHECK = 0.2
 _BUSY_TIMEOUT_MS = 10_000
@@ -188,85 +188,6 @@ class Directory:
 
     def account(self, user: str, domain: str) -> Account | None:
         return self.accounts.get((user, domain))
-
-
-# -- schema -------------------------------------------------------------------------------
-
-
-def _version_triggers(table: str, counter: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER {table}_{op.lower()}_version AFTER {op} ON {table} "
-        f"BEGIN UPDATE versions SET value = value + 1 WHERE name = '{counter}'; END"
-        for op in ("INSERT", "UPDATE", "DELETE")
-    ]
-
-
-_MIGRATION_1 = [
-    """CREATE TABLE versions (name TEXT PRIMARY KEY, value INTEGER NOT NULL)""",
-    """INSERT INTO versions (name, value) VALUES ('directory', 1), ('dialplans', 1)""",
-    """CREATE TABLE settings (name TEXT PRIMARY KEY, value BLOB NOT NULL)""",
-    """CREATE TABLE customers (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        email TEXT UNIQUE COLLATE NOCASE,
-        password_hash TEXT NOT NULL,
-        admin INTEGER NOT NULL DEFAULT 0,
-        created REAL NOT NULL)""",
-    """CREATE TABLE sip_domains (
-        id INTEGER PRIMARY KEY,
-        domain TEXT NOT NULL UNIQUE,
-        aliases TEXT NOT NULL DEFAULT '[]',
-        created REAL NOT NULL)""",
-    f"""INSERT INTO sip_domains (domain, aliases, created) VALUES ('{LOCAL_DOMAIN}', '[]', 0)""",
-    """CREATE TABLE sip_accounts (
-        id INTEGER PRIMARY KEY,
-        user TEXT NOT NULL,
-        domain TEXT NOT NULL REFERENCES sip_domains(domain) ON UPDATE CASCADE,
-        customer_id INTEGER NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
-        ha1_md5 TEXT NOT NULL,
-        ha1_sha256 TEXT NOT NULL,
-        incoming_only INTEGER NOT NULL DEFAULT 0,
-        in_dialplan TEXT,
-        out_dialplan TEXT,
-        keepalive INTEGER NOT NULL DEFAULT 0,
-        disabled INTEGER NOT NULL DEFAULT 0,
-        created REAL NOT NULL,
-        UNIQUE (user, domain))""",
-    """CREATE INDEX sip_accounts_customer ON sip_accounts (customer_id)""",
-    """CREATE TABLE bindings (
-        id TEXT PRIMARY KEY,
-        account_id INTEGER NOT NULL REFERENCES sip_accounts(id) ON DELETE CASCADE,
-        contact TEXT NOT NULL,
-        contact_params TEXT NOT NULL DEFAULT '',
-        received_host TEXT NOT NULL,
-        received_port INTEGER NOT NULL,
-        transport TEXT NOT NULL,
-        local_host TEXT NOT NULL,
-        local_port INTEGER NOT NULL,
-        expires_at REAL NOT NULL,
-        call_id TEXT NOT NULL,
-        cseq INTEGER NOT NULL,
-        user_agent TEXT,
-        registered_at REAL NOT NULL)""",
-    """CREATE INDEX bindings_account ON bindings (account_id)""",
-    """CREATE TABLE dialplans (
-        id INTEGER PRIMARY KEY,
-        customer_id INTEGER NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        source TEXT NOT NULL,
-        trace_email TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (customer_id, name))""",
-    *_version_triggers("customers", "directory"),
-    *_version_triggers("sip_domains", "directory"),
-    *_version_triggers("sip_accounts", "directory"),
-    *_version_triggers("dialplans", "dialplans"),
-]
-
-#: (number, name, statements).  Append only: a shipped migration never changes.
-MIGRATIONS: tuple[tuple[int, str, Sequence[str]], ...] = (
-    (1, "customers, domains, accounts, bindings, dialplans", _MIGRATION_1),
-)
 
 
 def hash_password(password: str) -> str:
@@ -596,6 +517,15 @@ class Store:
         row = self._read.execute("SELECT source FROM dialplans WHERE customer_id = ? AND name = ?",
                                  (customer_id, name)).fetchone()
         return None if row is None else str(row[0])
+
+    def query_one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        """One row from the read connection (the owning thread only)."""
+        row: tuple[Any, ...] | None = self._read.execute(sql, tuple(params)).fetchone()
+        return row
+
+    def query_all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Every row from the read connection (the owning thread only)."""
+        return list(self._read.execute(sql, tuple(params)).fetchall())
 
     def served_domain(self, host: str) -> str | None:
         """The served domain (as stored) that ``host`` names: a domain's name or alias,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from engine.schema import MIGRATIONS
 from engine.storage import (
     LOCAL_DOMAIN,
     Binding,
@@ -46,15 +47,16 @@ def test_open_creates_the_directory_and_applies_each_migration_once(tmp_path: Pa
     data = tmp_path / "nested" / "data"
     store = Store.open(data)
     assert (data / "dialspell.db").exists()
-    assert store.applied_migrations() == [1]
+    assert store.applied_migrations() == [number for number, _, _ in MIGRATIONS]
     store.close()
     again = Store.open(data)
     rows = again._db.execute("SELECT count(*) FROM migrations").fetchone()
-    assert rows[0] == 1
+    assert rows[0] == len(MIGRATIONS)
     mode = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     tables = set(again._db.table_names())
-    assert {"customers", "sip_domains", "sip_accounts", "bindings", "dialplans", "migrations"} <= tables
+    assert {"customers", "sip_domains", "sip_accounts", "bindings", "dialplans", "migrations",
+            "providers", "kv", "traces", "cdrs"} <= tables
 
 
 def test_unusable_data_directory_gives_advice(tmp_path: Path) -> None:
