@@ -350,6 +350,21 @@ class Registrar:
             return list(bindings)
         return [b for b in bindings if b.expires_at > now]
 
+    async def remove_binding(self, binding_id: str, now: float) -> Binding | None:
+        """Remove one binding by id (its owner unregistering a lost phone from the web
+        console), from memory and SQLite, and publish ``removed``.  Returns the binding,
+        or None if no binding has that id."""
+        for account_id, bindings in self._bindings.items():
+            for binding in bindings:
+                if binding.id == binding_id:
+                    self._set_bindings(account_id, [b for b in bindings if b.id != binding_id])
+                    await self._store.save_bindings((), [binding_id])
+                    account = self._store.directory().accounts_by_id.get(account_id)
+                    if account is not None and self._events.has_subscribers(account.customer_id):
+                        self._publish(account.customer_id, "removed", binding, now)
+                    return binding
+        return None
+
     def keepalive_targets(self, now: float) -> list[Binding]:
         """Unexpired bindings of accounts that have the keep-alive flag."""
         by_id = self._store.directory().accounts_by_id

@@ -139,8 +139,28 @@ _MIGRATION_2 = [
     """CREATE INDEX cdrs_bridge ON cdrs (bridge_id)""",
 ]
 
+_MIGRATION_3 = [
+    # Web console sessions: only the SHA-256 of the bearer token is kept (the token has
+    # 384 random bits, so a fast hash is enough; a stolen table opens no session).
+    """CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        customer_id INTEGER NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+        created REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        source TEXT)""",
+    """CREATE INDEX web_sessions_customer ON web_sessions (customer_id)""",
+    # The secret of a customer's /webcallback URL (shown to its owner, so kept as is).
+    """CREATE TABLE webcallback_keys (
+        customer_id INTEGER PRIMARY KEY REFERENCES customers(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        created REAL NOT NULL)""",
+    # Per-dialplan execution limits (JSON object; they can only tighten the server's).
+    """ALTER TABLE dialplans ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'""",
+]
+
 #: (number, name, statements).  Append only: a shipped migration never changes.
 MIGRATIONS: tuple[tuple[int, str, Sequence[str]], ...] = (
     (1, "customers, domains, accounts, bindings, dialplans", _MIGRATION_1),
     (2, "providers, key/value store, traces, call detail records", _MIGRATION_2),
+    (3, "web sessions, webcallback keys, dialplan limits", _MIGRATION_3),
 )
