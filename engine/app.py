@@ -47,13 +47,11 @@ class SIPApplication:
         config: ServerConfig,
         registrar: Registrar,
         events: EventBus,
-        is_served_domain: Callable[[str], bool],
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.registrar = registrar
         self.events = events
-        self.is_served_domain = is_served_domain
         self.wall_clock = wall_clock
         self.endpoint: SIPEndpoint | None = None
         self.nursery: trio.Nursery | None = None
@@ -92,10 +90,6 @@ class SIPApplication:
             self.respond(tx, rejection)
             return
         if method == "REGISTER":
-            if not self.is_served_domain(request.uri.host):
-                # RFC 3261 10.3 step 1: we are not the registrar for that domain.
-                self.respond(tx, make_response(request, 404, "Domain not served here", to_tag=new_tag()))
-                return
             assert self.nursery is not None
             self.nursery.start_soon(self._register, tx, request)
         elif method == "OPTIONS":

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
-from sip.sdp import rewrite_connection_addresses
 
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
+from sip.sdp import rewrite_connection_addresses
 from sip.transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:

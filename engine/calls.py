@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from engine.auth import AuthOutcome, Authenticator
+from engine.auth import Authenticator, AuthOutcome
 from engine.bridge import Bridge, Side
 from engine.config import ServerConfig
 from engine.events import Event, EventBus
@@ -57,7 +57,7 @@ MAX_CHAIN = 5
 CONCURRENCY_REASON = "Dial plan execution exceeded maximum allowed"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Call:
     """One caller's INVITE and everything hanging off it."""
 
@@ -205,8 +205,8 @@ class CallEngine:
         leg = InboundLeg(endpoint=self.endpoint, transaction=tx, contact=self.contact)
         call = Call(leg=leg)
         tx.context = call
-        self.calls.add(call)
         try:
+            self.calls.add(call)
             with call.scope:
                 await self._route(call)
         except Exception:
@@ -345,11 +345,12 @@ class CallEngine:
             self.runner.call_ended(call, bridge, by, reason)
 
     def current_call_count(self, customer_id: int) -> int:
-        return sum(
-            1
-            for b in self.bridges.values()
-            if isinstance(getattr(b, "call", None), Call) and b.call.account is not None and b.call.account.customer_id == customer_id  # type: ignore[attr-defined]
-        )
+        count = 0
+        for bridge in self.bridges.values():
+            call = getattr(bridge, "call", None)
+            if isinstance(call, Call) and call.account is not None and call.account.customer_id == customer_id:
+                count += 1
+        return count
 
     def publish(self, call: Call, type_: str, **data: object) -> None:
         owner = call.account.customer_id if call.account is not None else None

@@ -36,6 +36,23 @@ class ServerConfig:
     # NAT keep-alive interval for accounts with the keepalive flag.
     keepalive_interval: float = 15.0
     sweep_interval: float = 10.0
+    # Dialplan executions (docs/dialplan-api.md, "Limits").
+    sandbox_workers: int = 2
+    executions_per_customer: int = 5
+    executions_per_server: int = 1000
+    retry_after: int = 5
+    # Outbound mail (traces, sys.Email).  No host: mails go to <data_dir>/outbox.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    mail_from: str = "dialspell@localhost"
+    # sys.WebGet may not reach private/loopback addresses unless the operator allows it.
+    webget_allow_private: bool = False
+    # Resolver for RFC 3263 lookups: None = the system's; else (ip, port).
+    dns_server: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,9 @@ from engine.dialstring import (
 )
 from engine.forking import Forker, PlannedLeg
 from engine.legs import Credentials, OutboundLeg, build_invite
+from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
+from engine.storage import Account, Binding
 from sandbox import ExecutionResult, HostReply, Outcome, PlainValue
 from sip.message import new_call_id
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RING_DEFAULT = 180.0
+TRACE_MAIL_MAX = 256 * 1024
 _FORBIDDEN_HEADERS = frozenset(
     h.lower()
     for h in ("Via", "From", "To", "Contact", "CSeq", "Call-ID", "Max-Forwards", "Content-Length", "Route", "Record-Route")
@@ -199,7 +202,10 @@ class DialplanRunner:
         if email and enabled and self.mailer is not None:
             try:
                 await self.mailer.send(
-                    [email], f"dialspell trace for {name} ({call.leg.request.call_id})", "\n".join(host.trace), max_body=256 * 1024
+                    [email],
+                    f"dialspell trace for {name} ({call.leg.request.call_id})",
+                    "\n".join(host.trace),
+                    limits=MailLimits(max_body=TRACE_MAIL_MAX),
                 )
             except Exception:
                 log.exception("trace %s could not be mailed", trace_id)
@@ -218,7 +224,7 @@ class DialplanHost:
 
     def __init__(self, *, runner: DialplanRunner, call: Call, dialplan: str) -> None:
         self.runner = runner
-        self.call = call
+        self.active = call
         self.dialplan = dialplan
         self.trace: list[str] = []
         self.logged: set[str] = set()
@@ -237,7 +243,7 @@ class DialplanHost:
     def log(self, line: str) -> None:
         self.logged.add(line)
         self.trace_line(f"DialPlan=> {line}")
-        self.engine.publish(self.call, "dialplan", line=line, dialplan=self.dialplan)
+        self.engine.publish(self.active, "dialplan", line=line, dialplan=self.dialplan)
 
     async def call(self, name: str, args: tuple[PlainValue, ...]) -> HostReply:
         method = getattr(self, f"_sys_{name}", None)
@@ -257,7 +263,7 @@ class DialplanHost:
         return await self.dial(str(dialstring), int(ring or 0), int(limit or 0))  # type: ignore[arg-type]
 
     async def dial(self, dialstring: str, ring: int, limit: int) -> HostReply:
-        call = self.call
+        call = self.active
         leg = call.leg
         request = leg.request
         from_ = request.from_
@@ -303,12 +309,12 @@ class DialplanHost:
         return HostReply(value=outcome.result, failure_status=self.last_failure[0], failure_reason=self.last_failure[1])
 
     def _progress(self, leg: OutboundLeg, status: int, reason: str, body: bytes) -> None:
-        self.call.leg.progress(status, reason, body=fix_sdp(body, leg.destination) if body else b"")
+        self.active.leg.progress(status, reason, body=fix_sdp(body, leg.destination) if body else b"")
 
     def _plan(self, target: Leg) -> list[PlannedLeg]:
         """The legs to ring for one dial-string destination."""
         engine = self.engine
-        account = self.call.account
+        account = self.active.account
         assert account is not None
         providers = self.runner.records.providers(account.customer_id)
         kind = classify(
@@ -334,7 +340,7 @@ class DialplanHost:
             self.trace_line(f"Dial: no account {target.user}@{target.host}.")
             self.last_failure = (404, "Not Found")
             return []
-        running_key = self.call.chain[-1] if self.call.chain else None
+        running_key = self.active.chain[-1] if self.active.chain else None
         in_key = f"{account.customer_id}:{account.in_dialplan}" if account.in_dialplan else None
         if in_key is not None and in_key != running_key:
             # The account has an In dialplan of its own: the leg enters it as a new
@@ -343,7 +349,7 @@ class DialplanHost:
             host, port = engine.endpoint.local
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             uri = f"sip:{target.user}@{account.domain if account.domain != 'local' else host}"
-            chain = ",".join(self.call.chain)
+            chain = ",".join(self.active.chain)
             return [
                 PlannedLeg(
                     description=f"{account.user} (dialplan {account.in_dialplan})",
@@ -359,21 +365,26 @@ class DialplanHost:
         if not bindings:
             self.trace_line(f"Dial: {account.user} has no current bindings.")
             self.last_failure = (480, "Temporarily Unavailable")
-        planned = []
-        for binding in bindings:
-            contact = str(binding.contact)
-            planned.append(
-                PlannedLeg(
-                    description=contact,
-                    start=lambda b=binding, c=contact: self._start_leg(
-                        request_uri=c, to=f"<sip:{account.user}@{self._domain_host(account.domain)}>",
-                        destination=b.received, transport=b.transport, options=target.options,
-                    ),
-                    delay=float(target.options.delay),
-                    duration_limit=duration,
+        to = f"<sip:{account.user}@{self._domain_host(account.domain)}>"
+
+        def starter(binding: Binding) -> Callable[[], Awaitable[OutboundLeg | None]]:
+            async def start() -> OutboundLeg | None:
+                return await self._start_leg(
+                    request_uri=str(binding.contact), to=to, destination=binding.received,
+                    transport=binding.transport, options=target.options,
                 )
+
+            return start
+
+        return [
+            PlannedLeg(
+                description=str(binding.contact),
+                start=starter(binding),
+                delay=float(target.options.delay),
+                duration_limit=duration,
             )
-        return planned
+            for binding in bindings
+        ]
 
     def _plan_provider(self, target: Leg, provider: Provider, duration: float | None) -> PlannedLeg:
         uri = f"sip:{target.user}@{provider.server_host}" if target.user else f"sip:{provider.server_host}"
@@ -388,7 +399,11 @@ class DialplanHost:
                 destination=destination,
                 transport="UDP",
                 options=target.options,
-                credentials=Credentials(username=provider.username, password=provider.password) if provider.username else None,
+                credentials=(
+                    Credentials(username=provider.username, password=provider.password or "")
+                    if provider.username
+                    else None
+                ),
                 from_user=provider.from_user,
                 from_host=provider.from_host or provider.server_host,
                 extra=provider.headers,
@@ -427,7 +442,7 @@ class DialplanHost:
         if not targets:
             return None
         first = targets[0]
-        return (first.host, first.port)
+        return (first.host_ip, first.port)
 
     async def _start_leg(
         self,
@@ -444,7 +459,7 @@ class DialplanHost:
     ) -> OutboundLeg | None:
         engine = self.engine
         assert engine.endpoint is not None
-        request = self.call.leg.request
+        request = self.active.leg.request
         caller_from = request.from_
         name, user, host = self.from_override
         display = getattr(options, "from_display", None) or name or caller_from.display_name
@@ -466,7 +481,7 @@ class DialplanHost:
                 via_port=local_port,
                 transport=transport,
                 max_forwards=max(0, max_forwards),
-                body=fix_sdp(request.body, self.call.leg.source),
+                body=fix_sdp(request.body, self.active.leg.source),
                 extra_headers=headers,
             )
         except Exception as exc:  # a URI the parser refuses: this leg fails alone
@@ -481,7 +496,7 @@ class DialplanHost:
             on_provisional=lambda lg, response: self._progress(lg, response.status, response.reason, response.body),
         )
         leg.start()
-        self.runner.records.leg_started(self.call, leg, self.runner.wall_clock())
+        self.runner.records.leg_started(self.active, leg, self.runner.wall_clock())
         return leg
 
     def _domain_host(self, domain: str) -> str:
@@ -489,7 +504,7 @@ class DialplanHost:
 
     async def _sys_Respond(self, status: PlainValue, reason: PlainValue = None, headers: PlainValue = None) -> HostReply:
         code = int(status)  # type: ignore[arg-type]
-        leg = self.call.leg
+        leg = self.active.leg
         extra = _parse_custom_headers(str(headers)) if headers else ()
         if code < 200:
             leg.progress(code, str(reason) if reason else None, headers=extra)
@@ -541,10 +556,10 @@ class DialplanHost:
     async def _sys_DBGetKeys(self) -> HostReply:
         return HostReply(value=list(await self.runner.records.kv_keys(self._owner())))
 
-    async def _sys_WebGet(self, url: PlainValue, timeout: PlainValue = 10) -> HostReply:
+    async def _sys_WebGet(self, url: PlainValue, seconds: PlainValue = 10) -> HostReply:
         if self.runner.webget is None:
             return HostReply(value=None)
-        return HostReply(value=await self.runner.webget.get(str(url), float(timeout or 10)))  # type: ignore[arg-type]
+        return HostReply(value=await self.runner.webget.get(str(url), float(seconds or 10)))  # type: ignore[arg-type]
 
     async def _sys_Email(self, to: PlainValue, subject: PlainValue, body: PlainValue) -> HostReply:
         if not self.runner.allow_email(self._owner()) or self.runner.mailer is None:
@@ -581,14 +596,14 @@ class DialplanHost:
         return HostReply(value=self.engine.current_call_count(self._owner()))
 
     def _owner(self) -> int:
-        assert self.call.account is not None
-        return self.call.account.customer_id
+        assert self.active.account is not None
+        return self.active.account.customer_id
 
-    def _account(self, username: PlainValue, domain: PlainValue) -> object:
-        assert self.call.account is not None
-        user = str(username) if username is not None else self.call.account.user
+    def _account(self, username: PlainValue, domain: PlainValue) -> Account | None:
+        assert self.active.account is not None
+        user = str(username) if username is not None else self.active.account.user
         if domain is None:
-            dom = self.call.account.domain
+            dom = self.active.account.domain
         else:
             dom = self.engine.registrar.resolve_domain(str(domain), self.runner.wall_clock()) or ""
         return self.engine.store.directory().account(user, dom)
@@ -607,8 +622,9 @@ def request_snapshot(call: Call) -> dict[str, PlainValue]:
         assert isinstance(u, URI)
         return {
             "User": u.user or "",
+            "UnescapedUser": u.unescaped_user or "",
             "Host": u.host,
-            "Port": u.port or 0,
+            "Port": u.port,
             "Scheme": u.scheme,
             "Parameters": ";".join(k if v is None else f"{k}={v}" for k, v in u.params),
             "Text": str(u),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -27,7 +27,7 @@ class PlannedLeg:
     """A leg ready to ring: how to build and send it (made by the call engine)."""
 
     description: str  # for traces: the URI dialled
-    start: Callable[[], OutboundLeg | None]  # builds and sends the INVITE (None: failed at once)
+    start: Callable[[], Awaitable[OutboundLeg | None]]  # builds and sends the INVITE (None: failed)
     delay: float = 0.0
     duration_limit: float | None = None
 
@@ -83,7 +83,7 @@ class Forker:
                 if leg is not self.winner:
                     leg.cancel()
 
-    async def _ring_group(self, group: list[PlannedLeg], timeout: float) -> DialOutcome:
+    async def _ring_group(self, group: list[PlannedLeg], ring_seconds: float) -> DialOutcome:
         failures: list[OutboundLeg] = []
         result: list[DialOutcome] = []
         running: set[OutboundLeg] = set()
@@ -98,7 +98,7 @@ class Forker:
                 pending_delayed -= 1
             if result:
                 return
-            leg = plan.start()
+            leg = await plan.start()
             if leg is None:
                 self.trace(f"Dial leg to {plan.description} failed to start.")
                 check_all_failed(nursery)
@@ -130,7 +130,7 @@ class Forker:
                 elif not result:
                     nursery.cancel_scope.cancel()
 
-        with trio.move_on_after(timeout) as timer:
+        with trio.move_on_after(ring_seconds) as timer:
             async with trio.open_nursery() as nursery:
                 for plan in group:
                     nursery.start_soon(run_leg, plan, nursery)

@@ -15,7 +15,6 @@ transaction layer hands to the call engine.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -277,9 +276,9 @@ class OutboundLeg:
         self.endpoint.request(bye, self.dialog.destination() or self.destination, self.transport)
         self.dialog = None
 
-    async def wait_final(self, timeout: float = math.inf) -> Response | None:
-        with trio.move_on_after(timeout):
-            await self.final_event.wait()
+    async def wait_final(self) -> Response | None:
+        """Wait for the final response (a timeout arrives as a synthesized 408)."""
+        await self.final_event.wait()
         return self.final
 
 

@@ -4,8 +4,8 @@ trio nursery (SIP endpoint, registrar tasks, storage writer, HTTP server)."""
 from __future__ import annotations
 
 import logging
-import secrets
 import signal
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
@@ -14,11 +14,19 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from engine.app import SIPApplication
 from engine.auth import Authenticator
+from engine.calls import CallEngine
 from engine.config import ServerConfig
+from engine.dialplan_host import DialplanRunner, RunnerLimits
 from engine.events import EventBus
+from engine.locate import Resolver
+from engine.mailer import MailConfig, Mailer
+from engine.records import CallRecords
 from engine.registrar import Registrar
 from engine.storage import Store
 from engine.web import build_http_app
+from engine.webget import WebFetcher
+from sandbox import Limits
+from sandbox.pool import SandboxPool
 from sip.transaction import TransactionLayer
 from sip.transport import SIPEndpoint
 
@@ -58,12 +66,46 @@ class Server:
             default_expires=config.default_expires,
             max_bindings=config.max_bindings_per_account,
         )
-        self.application = SIPApplication(
-            config=config,
-            registrar=self.registrar,
-            events=self.events,
-            is_served_domain=self.store.is_served_domain,
+        self.application = SIPApplication(config=config, registrar=self.registrar, events=self.events)
+        self.records = CallRecords(self.store)
+        mail_config = (
+            MailConfig(
+                host=config.smtp_host,
+                port=config.smtp_port,
+                sender=config.mail_from,
+                starttls=config.smtp_starttls,
+                ssl=config.smtp_ssl,
+                username=config.smtp_username,
+                password=config.smtp_password,
+            )
+            if config.smtp_host
+            else None
         )
+        self.mailer = Mailer(mail_config, config.data_dir / "outbox", outbox_sender=config.mail_from)
+        self.pool = SandboxPool(workers=config.sandbox_workers, limits=Limits())
+        self.webget = WebFetcher(allow_private=config.webget_allow_private)
+        self.runner = DialplanRunner(
+            pool=self.pool,
+            records=self.records,
+            mailer=self.mailer,
+            webget=self.webget,
+            resolver=Resolver(config.dns_server),
+            limits=RunnerLimits(
+                per_customer=config.executions_per_customer,
+                per_server=config.executions_per_server,
+                retry_after=config.retry_after,
+            ),
+        )
+        self.calls = CallEngine(
+            config=config,
+            store=self.store,
+            registrar=self.registrar,
+            authenticator=self.authenticator,
+            events=self.events,
+            runner=self.runner,
+        )
+        self.runner.engine = self.calls
+        self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(
             host=config.sip_host,
             port=config.sip_port,
@@ -74,10 +116,12 @@ class Server:
         self.http_address: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
+        async with self.pool, self.webget, trio.open_nursery() as nursery:
             await nursery.start(self.store.run_writer)
-            await self.registrar.load(now=trio_wall())
+            await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
+            self.calls.attach(self.endpoint, nursery)
+            self.records.attach(nursery)
             self.sip_address = await nursery.start(self.endpoint.serve)
             nursery.start_soon(self.application.run_keepalives)
             nursery.start_soon(self.application.run_sweeper)
@@ -97,12 +141,6 @@ class Server:
 
 async def _serve_http(app: object, config: HypercornConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     await hypercorn_serve(app, config, task_status=task_status)  # type: ignore[arg-type]
-
-
-def trio_wall() -> float:
-    import time
-
-    return time.time()
 
 
 async def serve_forever(config: ServerConfig, *, ready_message: bool = True) -> None:
@@ -125,6 +163,3 @@ async def serve_forever(config: ServerConfig, *, ready_message: bool = True) -> 
                 break
     server.store.close()
 
-
-def new_secret() -> bytes:
-    return secrets.token_bytes(32)

@@ -237,10 +237,11 @@ class SIPEndpoint:
                 self.send_bytes(answer, incoming.source, incoming.transport)
             return
         if type(message) is Request:
-            message = _stamp_via(message, incoming.source)
-            if message is None:
+            stamped = _stamp_via(message, incoming.source)
+            if stamped is None:
                 self.counters["bad"] += 1
                 return
+            message = stamped
         self.perform(self.layer.receive(message, incoming.source, incoming.transport, trio.current_time()))
 
     async def _tcp_accept_loop(self, listener: trio.SocketListener) -> None:
