@@ -465,7 +465,7 @@ class TransactionLayer:
 
     __slots__ = (
         "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
-        "_udp_intervals", "_reliable_intervals",
+        "_udp_intervals", "_reliable_intervals", "_rejected_invites",
     )
 
     def __init__(
@@ -478,6 +478,9 @@ class TransactionLayer:
         self._send_trying = send_trying
         self._clients: dict[Key, ClientTransaction] = {}
         self._servers: dict[Key, ServerTransaction] = {}
+        # INVITE server transactions that sent a 300-699, by dialog identity, for ACKs
+        # that carry a branch of their own (see _match_lenient_ack).
+        self._rejected_invites: dict[Key, ServerTransaction] = {}
         self._heap: TimerHeap[Transaction] = TimerHeap()
         self._now = 0.0
 
@@ -518,6 +521,10 @@ class TransactionLayer:
         if not self._fire(transaction, stimulus, response, now, out):
             logger.warning("Discarding a %d response to %s: its transaction is %s",
                            status, transaction.request.method, transaction.state.value)
+        elif stimulus is Stimulus.TU_3XX_6XX and transaction.is_invite:
+            key = _dialog_key(transaction.request, response.to.tag)
+            if key is not None:
+                self._rejected_invites[key] = transaction
         return out
 
     def request(
@@ -606,6 +613,8 @@ class TransactionLayer:
             tx = self._servers.get(key)
             if tx is None and not rfc3261:
                 tx = self._match_2543_ack(request, via)
+            if tx is None and self._rejected_invites:
+                tx = self._match_lenient_ack(request)
             if tx is None:
                 # 17.2.1 (as amended by RFC 6026): an ACK for a 2xx is a transaction of
                 # its own; it and any ACK matching nothing go to the TU (the dialog).
@@ -643,6 +652,23 @@ class TransactionLayer:
                 out.append(RequestReceived(tx, request))
         else:
             out.append(RequestReceived(tx, request))
+
+    def _match_lenient_ack(self, ack: Request) -> ServerTransaction | None:
+        """An ACK for a 300-699 whose branch differs from its INVITE's.
+
+        17.1.1.3 says that ACK reuses the INVITE's branch, but some widespread clients
+        (SIPp's stock scenarios among them) give it a branch of its own.  Unmatched, the
+        server would retransmit its 401/407 until Timer H: seven useless datagrams per
+        call under load.  The ACK still names the dialog exactly (Call-ID, both tags,
+        CSeq number), and only a transaction that sent a non-2xx final response with
+        that To tag can match, so a 2xx ACK (which goes to the TU) is never taken."""
+        key = _dialog_key(ack, ack.to.tag)
+        if key is None:
+            return None
+        tx = self._rejected_invites.get(key)
+        if tx is not None and tx.state is S.COMPLETED:
+            return tx
+        return None
 
     def _match_2543_ack(self, ack: Request, via: Via) -> ServerTransaction | None:
         """17.2.3: an RFC 2543 ACK carries the To tag of the response it acknowledges,
@@ -799,9 +825,22 @@ class TransactionLayer:
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
-        elif self._servers.get(tx.key) is tx:
-            del self._servers[tx.key]
+        else:
+            if self._servers.get(tx.key) is tx:
+                del self._servers[tx.key]
+            if tx.is_invite and self._rejected_invites and tx.last_response is not None:
+                key = _dialog_key(tx.request, tx.last_response.to.tag)
+                if key is not None and self._rejected_invites.get(key) is tx:
+                    del self._rejected_invites[key]
         out.append(Terminated(tx))
+
+
+def _dialog_key(request: Request, to_tag: str | None) -> Key | None:
+    """(Call-ID, From tag, To tag, CSeq number) or None when a tag is missing."""
+    from_tag = request.from_.tag
+    if not from_tag or not to_tag:
+        return None
+    return (request.call_id, from_tag, to_tag, request.cseq.number)
 
 
 def _timer_is_live(tx: Transaction, timer: Timer) -> bool:

@@ -391,3 +391,34 @@ def test_messages_that_cannot_be_matched_are_dropped() -> None:
     assert layer.receive(no_via, PEER, "UDP", 0.0) == []
     assert layer.receive(response_without_cseq, PEER, "UDP", 0.0) == []
     assert layer.statistics()["server_transactions"] == 0
+
+
+# -- ACKs for a 300-699 that carry a branch of their own ------------------------------------
+
+
+def _rejected_invite(layer: TransactionLayer) -> tuple[ServerTransaction, str]:
+    invite = make_request("INVITE")
+    tx = only_request_received(layer.receive(invite, PEER, "UDP", now=0.0))
+    layer.respond(tx, make_response(invite, 407, to_tag="t407"), now=0.1)
+    return tx, invite.branch or ""
+
+
+def test_ack_for_a_rejection_with_its_own_branch_still_stops_the_retransmissions() -> None:
+    layer = TransactionLayer()
+    tx, _ = _rejected_invite(layer)
+    ack = make_request("ACK", to_tag="t407", cseq=1)  # same dialog, a fresh branch
+    actions = layer.receive(ack, PEER, "UDP", now=0.2)
+    assert not any(isinstance(a, AckReceived) for a in actions)
+    assert state(tx) is TransactionState.CONFIRMED
+    # Timer G no longer retransmits the 407.
+    assert sends(layer.expire(10.0)) == []
+
+
+def test_an_ack_for_another_dialog_is_not_taken_for_the_rejection() -> None:
+    layer = TransactionLayer()
+    tx, _ = _rejected_invite(layer)
+    other_tag = make_request("ACK", to_tag="someone-else", cseq=1)
+    assert kinds(layer.receive(other_tag, PEER, "UDP", now=0.2)) == ["AckReceived"]
+    other_cseq = make_request("ACK", to_tag="t407", cseq=2)
+    assert kinds(layer.receive(other_cseq, PEER, "UDP", now=0.3)) == ["AckReceived"]
+    assert state(tx) is TransactionState.COMPLETED
