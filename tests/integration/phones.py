@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,13 @@ class Baresip:
     async def start(self, nursery: trio.Nursery) -> None:
         log = self.log_path.open("wb")
         self.process = await nursery.start(
-            lambda task_status=trio.TASK_STATUS_IGNORED: trio.run_process(
+            partial(
+                trio.run_process,
                 [self.binary, "-f", str(self.dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=False,
-                task_status=task_status,
             )
         )
         with trio.fail_after(10):
@@ -121,18 +122,18 @@ class Baresip:
                 self._new_event.set()
                 self._new_event = trio.Event()
 
-    async def command(self, command: str, params: str = "", timeout: float = 5.0) -> dict[str, Any]:
+    async def command(self, command: str, params: str = "", limit: float = 5.0) -> dict[str, Any]:
         assert self._stream is not None
         token = f"t{len(self._responses)}-{command}"
         await self._stream.send_all(_netstring(json.dumps({"command": command, "params": params, "token": token}).encode()))
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             while token not in self._responses:
                 await self._new_event.wait()
         return self._responses[token]
 
-    async def wait_event(self, type_: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+    async def wait_event(self, type_: str, count: int = 1, limit: float = 10.0) -> list[dict[str, Any]]:
         """Wait until ``count`` events of that type have arrived; return them."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             while True:
                 found = [e for e in self.events if e.get("type") == type_]
                 if len(found) >= count:
@@ -144,7 +145,7 @@ class Baresip:
             return
         if self._stream is not None:
             try:
-                await self.command("quit", timeout=2)
+                await self.command("quit", limit=2)
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         with trio.move_on_after(3):

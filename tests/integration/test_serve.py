@@ -1,0 +1,105 @@
+"""``dialspell serve`` end to end: a real subprocess, real clients, signals, restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.conftest import require_tool
+from tests.integration.serveproc import ServeProcess
+from tests.integration.sipclient import UDPClient
+
+
+async def dialspell(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """The admin console script, as an operator runs it next to the server."""
+    with trio.fail_after(30):
+        return await trio.run_process(["dialspell", *argv], capture_stdout=True,
+                                      capture_stderr=True, check=False)
+
+
+async def add_account(data: Path, aor: str, password: str) -> None:
+    customers = await dialspell("customer", "list", "--json", "--data-dir", str(data))
+    if b'"acme"' not in customers.stdout:
+        made = await dialspell("customer", "add", "acme", "--password", "console-pw",
+                               "--data-dir", str(data))
+        assert made.returncode == 0, made.stderr
+    added = await dialspell("account", "add", aor, "--password", password, "--customer", "acme",
+                            "--data-dir", str(data))
+    assert added.returncode == 0, added.stderr
+
+
+async def test_serve_answers_sipsak_http_and_new_accounts_then_stops_on_sigterm(tmp_path: Path) -> None:
+    sipsak = require_tool("sipsak")
+    serve = ServeProcess(tmp_path / "data")
+    try:
+        ready = await serve.start()
+        assert ready.startswith("dialspell ready:")
+        assert f"127.0.0.1:{serve.sip_port}" in ready
+
+        with trio.fail_after(10):
+            probe = await trio.run_process(
+                [sipsak, "--nagios-code", "-s", f"sip:127.0.0.1:{serve.sip_port}"],
+                capture_stdout=True, capture_stderr=True, check=False)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert probe.stdout.startswith(b"SIP ok")
+
+        async with httpx.AsyncClient(timeout=5) as http:
+            health = await http.get(f"http://127.0.0.1:{serve.http_port}/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+
+        # An account added by the CLI while the server runs registers at once.
+        await add_account(serve.data_dir, "alice@local", "alice-pw")
+        async with UDPClient(serve.sip) as phone:
+            ok = await phone.register("alice", "alice-pw")
+            assert ok.status == 200
+            assert f"{phone.local[1]}" in (ok.headers.get("Contact") or "")
+            wrong = await phone.register("alice", "not-her-password")
+            assert wrong.status == 401
+
+        code = await serve.terminate(limit=5)
+        assert code == 0
+        await serve.rest_of_stdout()
+        # Exactly one line on stdout: the ready line.
+        assert serve.stdout.decode().splitlines() == [ready]
+    finally:
+        await serve.stop()
+
+
+async def test_bindings_and_accounts_survive_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await add_account(data, "alice@local", "alice-pw")
+    await add_account(data, "bob@local", "bob-pw")
+    first = ServeProcess(data)
+    try:
+        await first.start()
+        async with UDPClient(first.sip) as phone:
+            contact = "<sip:alice@10.0.0.99:5060;ob>"
+            ok = await phone.register("alice", "alice-pw", contact=contact, expires=600)
+            assert ok.status == 200
+            assert await first.kill() == -9
+    finally:
+        await first.stop()
+
+    second = ServeProcess(data, sip_port=first.sip_port)
+    try:
+        await second.start()
+        async with UDPClient(second.sip) as phone:
+            # RFC 3261 10.2.3: a REGISTER without Contact lists the current bindings.
+            listed = await phone.register("alice", "alice-pw", contact="", expires=None)
+        assert listed.status == 200
+        (binding,) = listed.headers.get_all("Contact")
+        assert "sip:alice@10.0.0.99:5060;ob" in binding
+        expires = int(binding.rsplit("expires=", 1)[1].split(";")[0])
+        assert 590 <= expires <= 600
+        listing = await dialspell("account", "list", "--json", "--data-dir", str(data))
+        assert listing.returncode == 0
+        assert sorted(row["address"] for row in json.loads(listing.stdout)) == [
+            "alice@local", "bob@local"]
+        assert await second.terminate() == 0
+    finally:
+        await second.stop()
