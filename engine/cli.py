@@ -20,6 +20,7 @@ _CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
     ("engine.cli_serve", "add_commands", "root"),
     ("engine.cli_admin", "add_commands", "root"),
     ("engine.cli_dialplan", "add_local_commands", "dialplan"),
+    ("engine.cli_calls", "add_commands", "root"),
 )
 
 
