@@ -1,5 +1,5 @@
 """Operator commands for calls: ``dialspell dialplan add|list``, ``dialspell account set``
-and ``dialspell provider add|list``.
+and ``dialspell provider add|list`` (and ``dialspell demo``, from engine/demo.py).
 
 Like the admin commands (engine/cli_admin.py) they open the data directory's database
 directly, so they work whether or not a server runs on the same directory: a running
@@ -54,10 +54,14 @@ MAX_HEADER_VALUE = 512
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``dialplan add|list``, ``account set`` and ``provider add|list``.
+    """Register ``dialplan add|list``, ``account set``, ``provider add|list`` and
+    ``demo``.
 
     ``dialplan`` and ``account`` are groups other modules create; this adds actions to
     them (creating a group only if it is missing)."""
+    from engine.demo import add_demo_command
+
+    add_demo_command(subparsers)
     dialplan_sub = _group(subparsers, "dialplan", "check, run and manage dialplans")
     p = dialplan_sub.add_parser(
         "add", help="store a customer's dialplan (replacing one of the same name)",
