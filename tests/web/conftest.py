@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class ServerOptions:
     keyfile: Path | None = None
 
 
+@asynccontextmanager
 async def start_web(tmp_path: Path, options: ServerOptions, verify: ssl.SSLContext | bool = True
                     ) -> AsyncIterator[WebServer]:
     store = Store.open(tmp_path / "data", default_domain="127.0.0.1")
@@ -142,5 +144,5 @@ async def start_web(tmp_path: Path, options: ServerOptions, verify: ssl.SSLConte
 async def web(tmp_path: Path) -> AsyncIterator[WebServer]:
     """The app with sign-up enabled and default limits."""
     options = ServerOptions(config=WebConfig(signup_enabled=True, version="test"))
-    async for server in start_web(tmp_path, options):
+    async with start_web(tmp_path, options) as server:
         yield server
