@@ -88,6 +88,7 @@ class _Client:
         contact: str | None = None,
         expires: int | None = 600,
         extra: list[tuple[str, str]] | None = None,
+        limit: float = 5.0,
     ) -> Response:
         """REGISTER, answering the challenge with MD5 digest (as common phones do).
 
@@ -101,7 +102,7 @@ class _Client:
         if expires is not None:
             base.append(("Expires", str(expires)))
         first = self.request("REGISTER", uri, user=user, domain=domain, contact=contact or None, extra=base)
-        response = await self.final_response(first)
+        response = await self.final_response(first, limit)
         if response.status not in (401, 407) or password is None:
             return response
         header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
@@ -112,7 +113,7 @@ class _Client:
         name = "Authorization" if response.status == 401 else "Proxy-Authorization"
         second = self.request("REGISTER", uri, user=user, domain=domain, contact=contact or None,
                               extra=[*base, (name, auth)])
-        return await self.final_response(second)
+        return await self.final_response(second, limit)
 
 
 class UDPClient(_Client):
