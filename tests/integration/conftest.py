@@ -21,7 +21,7 @@ async def running_server(data_dir: Path, **settings: Any) -> AsyncIterator[Serve
     """A real server on 127.0.0.1 (free SIP and HTTP ports), stopped on exit.
 
     ``settings`` override :class:`ServerConfig` fields (expiries, keep-alive interval...)."""
-    defaults: dict[str, Any] = {"keepalive_interval": 1.0, "sweep_interval": 1.0}
+    defaults: dict[str, Any] = {"keepalive_interval": 1.0, "sweep_interval": 1.0, "sandbox_workers": 1}
     config = ServerConfig(
         data_dir=data_dir,
         sip_host="127.0.0.1",
