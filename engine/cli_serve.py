@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import trio
 
-from engine.config import DEFAULT_DATA_DIR, ServerConfig
+from engine.config import ConfigError, load_config
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,11 +18,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Run dialspell: SIP on UDP and TCP (one port), HTTP on another. "
         "Stops cleanly on Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="data directory (default: %(default)s)")
-    p.add_argument("--sip-host", default="0.0.0.0", help="address to listen on for SIP (default: %(default)s)")
-    p.add_argument("--sip-port", type=int, default=5060, help="SIP port, UDP and TCP (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML file of settings (docs/configuration.md); flags override it")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: ./dialspell-data)")
+    p.add_argument("--sip-host", default=None, help="address to listen on for SIP (default: 0.0.0.0)")
+    p.add_argument("--sip-port", type=int, default=None, help="SIP port, UDP and TCP (default: 5060)")
     p.add_argument("--http-host", default=None, help="address for HTTP (default: the SIP address)")
-    p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: 8080)")
     p.add_argument("--domain", default=None, help="the SIP domain served by default (default: the SIP address)")
     p.add_argument("--tls-cert", type=Path, default=None, help="certificate (PEM) to serve HTTPS")
     p.add_argument("--tls-key", type=Path, default=None, help="private key (PEM) for --tls-cert")
@@ -32,22 +35,34 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.server import serve_forever
 
     if (args.tls_cert is None) != (args.tls_key is None):
-        print("dialspell serve: --tls-cert and --tls-key go together", flush=True)
+        print("dialspell serve: --tls-cert and --tls-key go together", file=sys.stderr, flush=True)
         return 2
-    config = ServerConfig(
-        data_dir=args.data_dir,
-        sip_host=args.sip_host,
-        sip_port=args.sip_port,
-        http_host=args.http_host,
-        http_port=args.http_port,
-        domain=args.domain,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
+    try:
+        config = load_config(
+            args.config,
+            {
+                "data_dir": args.data_dir,
+                "sip_host": args.sip_host,
+                "sip_port": args.sip_port,
+                "http_host": args.http_host,
+                "http_port": args.http_port,
+                "domain": args.domain,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+            },
+        )
+    except ConfigError as exc:
+        print(f"dialspell serve: {exc}", file=sys.stderr, flush=True)
+        return 2
+    from engine.storage import StorageError
+
     try:
         trio.run(serve_forever, config)
+    except StorageError as exc:
+        print(f"dialspell serve: {exc}", file=sys.stderr, flush=True)
+        return 1
     except OSError as exc:
         print(f"dialspell serve: cannot start: {exc}. Is another server using the port? "
-              "Choose others with --sip-port/--http-port.", flush=True)
+              "Choose others with --sip-port/--http-port.", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -1,14 +1,20 @@
 """Server configuration: the one place where settings are defined and defaulted.
 
 Everything else receives a :class:`ServerConfig` (or the part it needs) through its
-constructor.  The CLI builds it from flags; tests build it directly.
+constructor.  ``dialspell serve`` builds it from an optional TOML file
+(:func:`load_config`; keys are the field names) and then its command-line flags, which
+win; tests build it directly.  docs/configuration.md documents every field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA_DIR = Path("./dialspell-data")
 
@@ -55,7 +61,6 @@ class ServerConfig:
     dns_server: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_domain(self) -> str:
@@ -77,3 +82,47 @@ class ServerConfig:
         except ValueError:
             pass
         return host
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says what to fix."""
+
+
+_PATH_FIELDS = frozenset({"data_dir", "tls_cert", "tls_key"})
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig:
+    """Build a :class:`ServerConfig` from a TOML file (may be None) and ``overrides``
+    (flags given on the command line; None values mean "not given")."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                values.update(tomllib.load(handle))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration key(s): {', '.join(unknown)}; see docs/configuration.md for the list"
+        )
+    for name in _PATH_FIELDS & set(values):
+        values[name] = Path(values[name])
+    if "dns_server" in values and values["dns_server"] is not None:
+        host, _, port = str(values["dns_server"]).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("dns_server must be written HOST:PORT, e.g. 127.0.0.1:53")
+        values["dns_server"] = (host, int(port))
+    for name, value in values.items():
+        default = known[name].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number")
+        if isinstance(default, float) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number")
+    return ServerConfig(**values)
