@@ -21,6 +21,8 @@ _CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
     ("engine.cli_admin", "add_commands", "root"),
     ("engine.cli_dialplan", "add_local_commands", "dialplan"),
     ("engine.cli_calls", "add_commands", "root"),
+    ("engine.cli_client", "add_commands", "root"),
+    ("engine.cli_client", "add_dialplan_commands", "dialplan"),
 )
 
 
