@@ -44,6 +44,12 @@ LOCKOUT_REASON = "Forbidden (too many failed attempts: locked out, try again lat
 #: SHA-256 comes first.  They get MD5 on top; everyone else gets SHA-256 first.
 MD5_FIRST_AGENTS = ("sipsak", "sipp")
 
+#: User-Agent prefixes (lower case) of clients that fail when ANY challenge names an
+#: algorithm they lack: baresip 1.0 (libre) ends its REGISTER with ENOSYS ("Function not
+#: implemented") on seeing a SHA-256 challenge, even below an MD5 one.  They get the MD5
+#: challenge alone (MD5 is accepted from everyone anyway).
+MD5_ONLY_AGENTS = ("baresip",)
+
 
 class AuthOutcome(enum.Enum):
     ACCEPTED = "accepted"
@@ -162,6 +168,10 @@ class Authenticator:
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         md5_first = request is not None and self._wants_md5_first(request)
         values = self.challenger.challenge(realm, now, stale=stale, md5_first=md5_first)
+        agent = request.headers.get("User-Agent") if request is not None else None
+        if agent is not None and agent.lstrip().lower().startswith(MD5_ONLY_AGENTS):
+            md5 = f"algorithm={DigestAlgorithm.MD5.value},"
+            values = tuple(v for v in values if md5 in v)
         return tuple((name, value) for value in values)
 
     def _wants_md5_first(self, request: Request) -> bool:
