@@ -75,17 +75,17 @@ class Baresip:
         self.log_path = self.dir / "baresip.log"
 
     async def start(self, nursery: trio.Nursery) -> None:
-        log = self.log_path.open("wb")
-        self.process = await nursery.start(
-            partial(
-                trio.run_process,
-                [self.binary, "-f", str(self.dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
+        with self.log_path.open("wb") as log:  # the child keeps its own copy
+            self.process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [self.binary, "-f", str(self.dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
             )
-        )
         with trio.fail_after(10):
             while True:
                 try:
