@@ -146,11 +146,17 @@ class SoftPhone:
         """Listen until cancelled; reports the bound ``(host, port)``."""
         endpoint = SIPEndpoint(host=self.host, port=0, handler=self._on_action)
         self._endpoint = endpoint
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            address = await nursery.start(endpoint.serve)
-            self.port = address[1]
-            task_status.started(address)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                address = await nursery.start(endpoint.serve)
+                self.port = address[1]
+                task_status.started(address)
+        finally:
+            # SIPEndpoint.serve leaves its UDP socket open when it is cancelled.
+            udp = getattr(endpoint, "_udp", None)
+            if udp is not None:
+                udp.close()
 
     @property
     def aor(self) -> str:
