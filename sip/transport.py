@@ -128,14 +128,20 @@ class SIPEndpoint:
         self._udp = udp
         self.port = bound_port
         self.local = (self.host, bound_port)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._udp_loop, trio.socket.from_stdlib_socket(udp))
-            nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(listener))
-            nursery.start_soon(self._timer_loop)
-            log.info("SIP endpoint on udp+tcp %s:%d", self.host, bound_port)
-            task_status.started(self.local)
-        # (the nursery exits only when cancelled)
+        trio_udp = trio.socket.from_stdlib_socket(udp)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._udp_loop, trio_udp)
+                nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(listener))
+                nursery.start_soon(self._timer_loop)
+                log.info("SIP endpoint on udp+tcp %s:%d", self.host, bound_port)
+                task_status.started(self.local)
+            # (the nursery exits only when cancelled)
+        finally:
+            self._nursery = None
+            trio_udp.close()
+            listener.close()
 
     # -- sending --------------------------------------------------------------------------
     def perform(self, actions: list[Action]) -> None:
