@@ -112,9 +112,11 @@ class Phone:
     Received requests and responses queue up separately; the test asks for the next one
     (with a hard timeout) and decides what to answer."""
 
-    def __init__(self, server: tuple[str, int], user: str, *, password: str = PASSWORD) -> None:
+    def __init__(self, server: tuple[str, int], user: str, *, password: str = PASSWORD,
+                 from_host: str = "127.0.0.1") -> None:
         self.server = server
         self.user = user
+        self.from_host = from_host  # not a served domain: an outside caller (In calls)
         self.password = password
         self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.local: tuple[str, int] = ("127.0.0.1", 0)
@@ -124,8 +126,8 @@ class Phone:
         self.cseq = 0
         self.auto_ack = True  # ACK 2xx to our INVITEs as they come
 
-    async def start(self, nursery: trio.Nursery) -> Phone:
-        await self.sock.bind(("127.0.0.1", 0))
+    async def start(self, nursery: trio.Nursery, host: str = "127.0.0.1") -> Phone:
+        await self.sock.bind((host, 0))
         self.local = self.sock.getsockname()
         nursery.start_soon(self._reader)
         return self
@@ -193,7 +195,7 @@ class Phone:
         headers = [
             ("Via", f"SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={new_branch()};rport"),
             ("Max-Forwards", "70"),
-            ("From", f"<sip:{self.user}@127.0.0.1>;tag={from_tag}"),
+            ("From", f"<sip:{self.user}@{self.from_host}>;tag={from_tag}"),
             ("To", to),
             ("Call-ID", call_id),
             ("CSeq", f"{cseq} {method}"),
@@ -319,7 +321,7 @@ class Call:
         headers = [
             ("Via", f"SIP/2.0/UDP {self.phone.local[0]}:{self.phone.local[1]};branch={new_branch()};rport"),
             ("Max-Forwards", "70"),
-            ("From", f"<sip:{self.phone.user}@127.0.0.1>;tag={self.from_tag}"),
+            ("From", f"<sip:{self.phone.user}@{self.phone.from_host}>;tag={self.from_tag}"),
             ("To", to),
             ("Call-ID", self.call_id),
             ("CSeq", f"{cseq} {method}"),
@@ -406,14 +408,19 @@ class Answered:
 
 @asynccontextmanager
 async def phones(server: Server, *users: str, register: bool = True) -> AsyncIterator[list[Phone]]:
-    """Phones for ``users`` (registered unless told otherwise), closed at the end."""
+    """Phones for ``users`` (registered unless told otherwise), closed at the end.  A
+    user written ``name@host`` is an outside caller with that From host."""
     assert server.sip_address is not None
     async with trio.open_nursery() as nursery:
-        started = [await Phone(server.sip_address, user).start(nursery) for user in users]
+        started = []
+        for spec in users:
+            user, _, host = spec.partition("@")
+            started.append(await Phone(server.sip_address, user, from_host=host or "127.0.0.1").start(nursery))
         try:
             if register:
                 for phone in started:
-                    await phone.register()
+                    if phone.from_host == "127.0.0.1":
+                        await phone.register()
             yield started
         finally:
             for phone in started:
