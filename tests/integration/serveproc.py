@@ -6,11 +6,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import trio
 
 from tests.conftest import free_port
+
+
+def console_script() -> str:
+    """The installed ``dialspell`` script of this interpreter's environment (a PATH
+    lookup may find a version manager's shim first, or another installation)."""
+    beside = Path(sys.executable).parent / "dialspell"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("dialspell")
+    assert found is not None, "the dialspell console script is not installed (pip install -e .)"
+    return found
 
 
 class ServeProcess:
@@ -33,10 +45,8 @@ class ServeProcess:
 
     @property
     def argv(self) -> list[str]:
-        exe = shutil.which("dialspell")
-        assert exe is not None, "the dialspell console script is not installed (pip install -e .)"
         return [
-            exe, "serve", "--data-dir", str(self.data_dir), "--sip-host", "127.0.0.1",
+            console_script(), "serve", "--data-dir", str(self.data_dir), "--sip-host", "127.0.0.1",
             "--sip-port", str(self.sip_port), "--http-port", str(self.http_port),
             "--domain", "127.0.0.1",
         ]

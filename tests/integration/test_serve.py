@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import trio
 
+from engine.storage import Store
 from tests.conftest import require_tool
-from tests.integration.serveproc import ServeProcess
+from tests.integration.serveproc import ServeProcess, console_script
 from tests.integration.sipclient import UDPClient
 
 
 async def dialspell(*argv: str) -> subprocess.CompletedProcess[bytes]:
     """The admin console script, as an operator runs it next to the server."""
     with trio.fail_after(30):
-        return await trio.run_process(["dialspell", *argv], capture_stdout=True,
+        return await trio.run_process([console_script(), *argv], capture_stdout=True,
                                       capture_stderr=True, check=False)
 
 
@@ -72,8 +74,11 @@ async def test_serve_answers_sipsak_http_and_new_accounts_then_stops_on_sigterm(
 
 async def test_bindings_and_accounts_survive_kill_9(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    await add_account(data, "alice@local", "alice-pw")
-    await add_account(data, "bob@local", "bob-pw")
+    store = Store.open(data)
+    store.add_customer("acme", "console-pw", now=time.time())
+    for user in ("alice", "bob"):
+        store.add_account(user, "local", customer="acme", password=f"{user}-pw", now=time.time())
+    store.close()
     first = ServeProcess(data)
     try:
         await first.start()
