@@ -37,11 +37,6 @@ async def running_server(data_dir: Path, **settings: Any) -> AsyncIterator[Serve
             yield srv
             nursery.cancel_scope.cancel()
     finally:
-        # The endpoint leaves its UDP socket open when cancelled; close it here so the
-        # suite's ResourceWarning-as-error setting does not fail every test.
-        udp = getattr(srv.endpoint, "_udp", None)
-        if udp is not None:
-            udp.close()
         srv.store.close()
 
 
