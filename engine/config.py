@@ -59,6 +59,8 @@ class ServerConfig:
     webget_allow_private: bool = False
     # Resolver for RFC 3263 lookups: None = the system's; else (ip, port).
     dns_server: tuple[str, int] | None = None
+    # The web side: customers may sign up over the API only when this is on.
+    signup_enabled: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
 

@@ -24,7 +24,8 @@ from engine.mailer import MailConfig, Mailer
 from engine.records import CallRecords
 from engine.registrar import Registrar
 from engine.storage import Store
-from engine.web import build_http_app
+from engine.call_control import CallControl
+from engine.web import WebConfig, WebServices, build_http_app
 from engine.webget import WebFetcher
 from sandbox import Limits
 from sandbox.pool import SandboxPool
@@ -106,6 +107,7 @@ class Server:
             runner=self.runner,
         )
         self.runner.engine = self.calls
+        self.call_control = CallControl(engine=self.calls, runner=self.runner)
         self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(
             host=config.sip_host,
@@ -134,7 +136,27 @@ class Server:
             if self.config.tls_cert and self.config.tls_key:
                 http.certfile = str(self.config.tls_cert)
                 http.keyfile = str(self.config.tls_key)
-            app = build_http_app(statistics=self.endpoint.statistics, version=_version())
+            limits = self.pool.limits
+            app = build_http_app(
+                WebServices(
+                    store=self.store,
+                    events=self.events,
+                    registrar=self.registrar,
+                    calls=self.call_control,
+                    compiler=self.pool,
+                    webcallback=self.call_control.webcallback,
+                    statistics=self.endpoint.statistics,
+                    config=WebConfig(
+                        version=_version(),
+                        signup_enabled=self.config.signup_enabled,
+                        dialplan_limit_caps={
+                            "cpu_seconds": limits.cpu_seconds,
+                            "wall_seconds": limits.wall_seconds,
+                            "max_legs": limits.max_legs,
+                        },
+                    ),
+                )
+            )
             binds = await nursery.start(_serve_http, app, http)
             self.http_address = binds[0] if binds else None
             task_status.started(self)
