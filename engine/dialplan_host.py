@@ -111,6 +111,10 @@ class DialplanRunner:
             return
         await self._execute(call, name)
 
+    async def run_named(self, call: Call, name: str) -> None:
+        """Run the owner's dialplan ``name`` for ``call`` (web callbacks use this)."""
+        await self._execute(call, name)
+
     def call_ended(self, call: Call, bridge: Bridge, by: str, reason: str) -> None:
         self.records.bridge_ended(call, bridge, by, reason, self.wall_clock())
 
