@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 T1 = 0.5
 T2 = 4.0
+# RFC 3326 Reason for a leg hung up because the call went elsewhere.
+CANCELLED_REASON = 'SIP;cause=200;text="Call completed elsewhere"'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +202,11 @@ class OutboundLeg:
             self.dialog = Dialog.as_uac(
                 self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
             )
+            if self.cancel_requested:
+                # Our CANCEL crossed the callee's 2xx (RFC 3261 9.1: the CANCEL then has
+                # no effect and the call is up).  Nobody wants this leg any more and no
+                # one waits on it once cancelled, so end the dialog here (15: BYE).
+                self.hangup(CANCELLED_REASON)
         if self.final is None:
             self.final = response
             self.final_event.set()

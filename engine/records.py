@@ -216,7 +216,14 @@ class CallRecords:
         cdr.progress_at = _wall(leg.progress_at, leg.started_at, cdr.created)
         if 200 <= final.status < 300:
             cdr.answered_at = _wall(leg.answered_at, leg.started_at, cdr.created)
-            return  # written when the bridge (or the late 2xx's hang-up) ends
+            if not (leg.cancel_requested and leg.dialog is None):
+                return  # written when the bridge ends
+            # A 2xx that crossed our CANCEL: the leg hung itself up at once.
+            cdr.hungup_at = cdr.answered_at
+            cdr.hangup_reason = "Answered after the call was cancelled (server)"
+            await self._write([cdr])
+            self._forget(call, leg)
+            return
         cdr.hungup_at = cdr.created if cdr.answered_at is None else cdr.answered_at
         await self._write([cdr])
         self._forget(call, leg)
