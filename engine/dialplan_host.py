@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import trio
-
 from engine.bridge import Bridge, fix_sdp
 from engine.calls import CHAIN_HEADER, CONCURRENCY_REASON, MAX_CHAIN, Call
 from engine.dialstring import (
@@ -164,9 +162,13 @@ class DialplanRunner:
                 self.executions_by_customer[account.customer_id] = left
             else:
                 self.executions_by_customer.pop(account.customer_id, None)
-            with trio.CancelScope(shield=True):
-                self._finish(call, host, result)
-                await self._store_trace(call, host, name, trace_email, result)
+            self._finish(call, host, result)
+            # The trace is stored and mailed by a task of the server, not of this call:
+            # the caller's CANCEL must not lose it, and a server shutting down must not
+            # wait for it (a shielded write would wait forever once the store's writer
+            # has stopped).
+            assert self.engine.nursery is not None
+            self.engine.nursery.start_soon(self._store_trace, call, host, name, trace_email, result)
 
     def _finish(self, call: Call, host: DialplanHost, result: ExecutionResult | None) -> None:
         leg = call.leg
