@@ -125,6 +125,7 @@ class Phone:
         self._arrived = trio.Event()
         self.cseq = 0
         self.auto_ack = True  # ACK 2xx to our INVITEs as they come
+        self.send_trying = True  # answer each INVITE with 100 Trying at once
 
     async def start(self, nursery: trio.Nursery, host: str = "127.0.0.1") -> Phone:
         await self.sock.bind((host, 0))
@@ -149,6 +150,9 @@ class Phone:
                 continue
             message = parse_message_untrusted(data)
             if isinstance(message, Request):
+                if message.method == "INVITE" and self.send_trying:
+                    # As phones do: 100 at once, which also lets the caller CANCEL (9.1).
+                    await self.sock.sendto(make_response(message, 100).to_bytes(), source)
                 self.requests.append(Incoming(message, source))
             else:
                 self.responses.append(message)

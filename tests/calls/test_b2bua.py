@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.calls.helpers import phones, provision, running_server, wait_rows
+import trio
+
+from tests.calls.helpers import phones, provision, running_server, sdp, wait_rows
 
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
 
@@ -35,3 +37,179 @@ async def test_out_dialplan_bridges_and_bye_crosses(tmp_path: Path) -> None:
             )
             assert {r[0] for r in cdrs} == {"caller", "callee"}
             assert len({r[1] for r in cdrs}) == 1 and cdrs[0][1]
+
+
+def _c_line(body: bytes) -> str:
+    return next(line for line in body.decode().splitlines() if line.startswith("c="))
+
+
+async def test_parallel_fork_first_answer_wins_and_others_are_cancelled(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
+                  dialplans={"in": 'sys.Dial("b1@local&b2@local")\n'})
+        async with phones(server, "b1", "b2", "carol@example.com") as (b1, b2, carol):
+            call = await carol.invite("alice", authenticate=False)
+            first = await b1.next_request("INVITE")
+            second = await b2.next_request("INVITE")
+            await b1.answer(first)
+            assert (await carol.final(call)).status == 200
+            cancel = await b2.next_request("CANCEL")
+            assert cancel.request.call_id == second.request.call_id
+            await b2.send(b2.reply(cancel, 200), cancel.source)
+            await b2.send(b2.reply(second, 487, to_tag="x"), second.source)
+            await b1.next_request("ACK")
+
+
+async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
+                  dialplans={"in": 'sys.Dial("b1@local&b2@local")\n'})
+        async with phones(server, "b1", "b2", "carol@example.com") as (b1, b2, carol):
+            call = await carol.invite("alice", authenticate=False)
+            first = await b1.next_request("INVITE")
+            second = await b2.next_request("INVITE")
+            await b1.answer(first, ring=False)
+            assert (await carol.final(call)).status == 200
+            await b2.answer(second, ring=False)  # crosses our CANCEL
+            ack = await b2.next_request("ACK")
+            bye = await b2.next_request("BYE")
+            assert ack.request.call_id == bye.request.call_id == second.request.call_id
+            # The caller's call is untouched.
+            await b1.next_request("ACK")
+            await carol.no_request("BYE", 0.5)
+
+
+async def test_sequential_groups_and_delayed_leg(tmp_path: Path) -> None:
+    # The whole test, server shutdown included, is bounded: the execution ends just as
+    # the server stops, and its trace write must not hold the shutdown up.
+    with trio.fail_after(8):
+        await _sequential_groups_and_delayed_leg(tmp_path)
+
+
+async def _sequential_groups_and_delayed_leg(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None),
+                                    "b3": (None, None)},
+                  dialplans={"in": 'sys.Dial("b1@local|b2@local&b3@local[dt=1]")\n'})
+        async with phones(server, "b1", "b2", "b3", "carol@example.com") as (b1, b2, b3, carol):
+            call = await carol.invite("alice", authenticate=False)
+            first = await b1.next_request("INVITE")
+            await b2.no_request("INVITE", 0.3)  # the second group waits for the first
+            await b1.send(b1.reply(first, 486, to_tag="busy"), first.source)
+            await b2.next_request("INVITE")
+            started = trio.current_time()
+            late = await b3.next_request("INVITE", within=3)
+            assert 0.8 <= trio.current_time() - started <= 2.0  # dt=1
+            await b3.answer(late)
+            assert (await carol.final(call)).status == 200
+            await b2.next_request("CANCEL")
+
+
+async def test_early_media_is_relayed_with_the_nat_fix(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False, body=sdp("192.168.1.20", 40000))
+            incoming = await bob.next_request("INVITE")
+            # The caller's private offer reaches the callee as the address it came from.
+            assert _c_line(incoming.request.body) == "c=IN IP4 127.0.0.1"
+            await bob.send(bob.reply(incoming, 183, to_tag="em", body=sdp("10.1.2.3", 42000)), incoming.source)
+            early = await carol.next_response(call_id=call.call_id)
+            while early.status == 100:
+                early = await carol.next_response(call_id=call.call_id)
+            assert early.status == 183
+            assert _c_line(early.body) == "c=IN IP4 127.0.0.1" and b"m=audio 42000" in early.body
+            await bob.send(bob.reply(incoming, 180, to_tag="em"), incoming.source)
+            assert (await carol.next_response(call_id=call.call_id)).status == 180
+            # The caller gives up: 487 to the caller, CANCEL to the callee.
+            await call.cancel()
+            assert (await carol.final(call)).status == 487
+            cancel = await bob.next_request("CANCEL")
+            assert cancel.request.call_id == incoming.request.call_id
+
+
+async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False, body=sdp("192.168.1.20", 40000))
+            incoming = await bob.next_request("INVITE")
+            callee = await bob.answer(incoming, body=sdp("10.9.8.7", 41000))
+            ok = await carol.final(call)
+            assert _c_line(ok.body) == "c=IN IP4 127.0.0.1"
+            await bob.next_request("ACK")
+            # The caller re-offers (hold, a new port) from a private address again.
+            reoffer_task_result: list[object] = []
+
+            async def callee_answers() -> None:
+                re = await bob.next_request("INVITE")
+                reoffer_task_result.append(re.request.body)
+                await bob.send(bob.reply(re, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41002)), re.source)
+                await bob.next_request("ACK")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(callee_answers)
+                answer = await call.reinvite(sdp("172.16.0.9", 40002))
+            assert answer.status == 200
+            relayed = reoffer_task_result[0]
+            assert isinstance(relayed, bytes)
+            assert _c_line(relayed) == "c=IN IP4 127.0.0.1" and b"m=audio 40002" in relayed
+            assert _c_line(answer.body) == "c=IN IP4 127.0.0.1" and b"m=audio 41002" in answer.body
+            # And the callee's re-offer travels the other way.
+            async def caller_answers() -> None:
+                re = await carol.next_request("INVITE")
+                reoffer_task_result.append(re.request.body)
+                await carol.send(carol.reply(re, 200, body=sdp("192.168.7.7", 40004)), re.source)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller_answers)
+                back = await callee.reinvite(sdp("10.9.8.7", 41004))
+            assert back.status == 200
+            assert _c_line(reoffer_task_result[1]) == "c=IN IP4 127.0.0.1"  # type: ignore[arg-type]
+            assert _c_line(back.body) == "c=IN IP4 127.0.0.1"
+
+
+async def test_call_duration_limit_hangs_up_both_sides(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local[cd=1]")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False)
+            await bob.answer(await bob.next_request("INVITE"))
+            assert (await carol.final(call)).status == 200
+            answered = trio.current_time()
+            bye_callee = await bob.next_request("BYE", within=4)
+            bye_caller = await carol.next_request("BYE", within=4)
+            assert 0.8 <= trio.current_time() - answered <= 3
+            assert bye_callee.request.call_id != bye_caller.request.call_id
+            rows_ = await wait_rows(server, "SELECT hangup_reason FROM cdrs WHERE hungup_at IS NOT NULL", 2)
+            assert all("duration limit" in r[0] for r in rows_)
+
+
+async def test_lost_2xx_and_lost_ack_still_establish_the_call(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            carol.auto_ack = False
+            call = await carol.invite("alice", authenticate=False)
+            incoming = await bob.next_request("INVITE")
+            callee = await bob.answer(incoming)
+            # The callee's 200 was "lost" on its way back to the callee's view: it
+            # retransmits, and we must ACK again.
+            await bob.next_request("ACK")
+            await bob.send(callee.ok, incoming.source)
+            await bob.next_request("ACK", within=3)
+            # The caller ignores our first 200 (it was lost): we retransmit it.
+            first = await carol.final(call)
+            assert first.status == 200
+            again = await carol.next_response(call_id=call.call_id, final=True, within=2)
+            assert again.status == 200
+            await call.ack(again)
+            # Established: no BYE for a missing ACK, and a BYE crosses the bridge.
+            await bob.no_request("BYE", 1.5)
+            assert (await call.bye()).status == 200
+            await bob.next_request("BYE")
+
