@@ -1,0 +1,115 @@
+"""Trace mail through a real SMTP server, and sys members through real calls."""
+
+from __future__ import annotations
+
+import email
+from pathlib import Path
+
+import trio
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Message
+
+from tests.calls.helpers import phones, provision, rows, running_server, wait_rows
+from tests.conftest import free_port
+
+TRACED = 'sys.Log("hello from the trace")\nsys.Dial("bob@local")\n'
+
+
+class _Inbox(Message):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[email.message.Message] = []
+
+    def handle_message(self, message: email.message.Message) -> None:
+        self.messages.append(message)
+
+
+async def _wait_mail(inbox: _Inbox, count: int) -> list[email.message.Message]:
+    with trio.fail_after(10):
+        while len(inbox.messages) < count:  # noqa: ASYNC110 - filled by the SMTP server's thread
+            await trio.sleep(0.05)
+    return inbox.messages
+
+
+async def test_trace_mail_reaches_smtp_and_trace_false_suppresses_it(tmp_path: Path) -> None:
+    inbox = _Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        async with running_server(tmp_path, smtp_host="127.0.0.1", smtp_port=port) as server:
+            provision(server, accounts={"alice": ("in", None), "quiet": ("in_quiet", None), "bob": (None, None)},
+                      dialplans={"in": TRACED, "in_quiet": "sys.Trace = False\n" + TRACED},
+                      trace_email="owner@example.com")
+            async with phones(server, "bob", "carol@example.com") as (bob, carol):
+                call = await carol.invite("alice", authenticate=False)
+                ringing = await bob.next_request("INVITE")
+                await bob.send(bob.reply(ringing, 486, to_tag="b"), ringing.source)
+                assert (await carol.final(call)).status == 486
+                mails = await _wait_mail(inbox, 1)
+                body = mails[0].get_payload(decode=True).decode()  # type: ignore[union-attr]
+                assert mails[0]["To"] == "owner@example.com"
+                lines = body.splitlines()
+                assert lines[0].startswith("Dialplan trace commenced at")
+                assert "DialPlan=> hello from the trace" in lines
+                assert any(line.startswith("INVITE sip:alice@") for line in lines)
+                assert lines[-1].startswith("Dialplan trace completed at")
+                # The same execution with sys.Trace = False: stored, not mailed.
+                quiet = await carol.invite("quiet", authenticate=False)
+                ringing = await bob.next_request("INVITE")
+                await bob.send(bob.reply(ringing, 486, to_tag="b"), ringing.source)
+                assert (await carol.final(quiet)).status == 486
+                await wait_rows(server, "SELECT 1 FROM traces WHERE dialplan = 'in_quiet'", 1)
+                await trio.sleep(0.5)
+                assert len(inbox.messages) == 1
+    finally:
+        controller.stop()
+
+
+async def test_trace_mail_lands_in_the_outbox_without_smtp(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None)}, dialplans={"in": 'sys.Log("to the outbox")\n'},
+                  trace_email="owner@example.com")
+        async with phones(server, "carol@example.com") as (carol,):
+            call = await carol.invite("alice", authenticate=False)
+            assert (await carol.final(call)).status == 480
+        outbox = server.config.data_dir / "outbox"
+        with trio.fail_after(10):
+            while not list(outbox.glob("*")):  # noqa: ASYNC110 - a file another task writes
+                await trio.sleep(0.05)
+        mail = email.message_from_bytes(next(outbox.glob("*")).read_bytes())
+        assert mail["To"] == "owner@example.com"
+        assert "DialPlan=> to the outbox" in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+
+
+async def test_sys_members_through_real_calls(tmp_path: Path) -> None:
+    source = (
+        "n = int(sys.DBRead('count') or '0') + 1\n"
+        "sys.DBWrite('count', str(n))\n"
+        "sys.Log('call %d bob available %s' % (n, sys.IsAvailable('bob')))\n"
+        "sys.Log('bindings %s' % (sys.GetBindings('bob'),))\n"
+        "if n == 2:\n"
+        "    sys.Respond(486, 'Busy by dialplan')\n"
+        "sys.SetCustomSIPHeader('X-Account-Code', '77')\n"
+        "sys.SetFromHeader('Reception', 'desk', None)\n"
+        "sys.Dial('bob@local')\n"
+    )
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False)
+            incoming = await bob.next_request("INVITE")
+            assert incoming.request.headers.get("X-Account-Code") == "77"
+            from_ = incoming.request.from_
+            assert from_.display_name == "Reception" and from_.uri.user == "desk"
+            await bob.answer(incoming)
+            assert (await carol.final(call)).status == 200
+            second = await carol.invite("alice", authenticate=False)
+            busy = await carol.final(second)
+            assert (busy.status, busy.reason) == (486, "Busy by dialplan")
+            await bob.no_request("INVITE", 0.3)
+        traces = await wait_rows(server, "SELECT text FROM traces ORDER BY created", 2)
+        assert "DialPlan=> call 1 bob available True" in traces[0][0]
+        assert f"bindings ['sip:bob@127.0.0.1:{bob.local[1]}']" in traces[0][0]
+        assert "DialPlan=> call 2 bob available True" in traces[1][0]
+        assert rows(server, "SELECT value FROM kv WHERE key = 'count'")[0][0] == "2"
