@@ -671,7 +671,7 @@ class Store:
         self._send = send
         task_status.started()
         try:
-            async with receive:
+            async with receive.clone():
                 while True:
                     batch = [await receive.receive()]
                     while len(batch) < self._max_batch:
@@ -689,6 +689,16 @@ class Store:
                             job.done.set()
         finally:
             self._send = None
+            # Writes still queued when the writer stops are failed, not left waiting
+            # forever (their callers may be shielded from the cancellation).
+            while True:
+                try:
+                    job = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                job.error = StorageError("the store's writer stopped before this write")
+                job.done.set()
+            receive.close()
             await send.aclose()
 
     def _commit_batch(self, batch: list[_Job]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from engine.schema import MIGRATIONS
 from engine.storage import (
@@ -18,6 +19,7 @@ from engine.storage import (
     ConflictError,
     DataDirError,
     NotFoundError,
+    StorageError,
     Store,
     check_password,
 )
@@ -186,6 +188,30 @@ async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
     assert isinstance(results["bad"], sqlite3.IntegrityError)
     assert results["good1"] is True and results["good2"] is True
     assert {b.id for b in store.load_bindings()} == {"b1", "b2"}
+
+
+async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_path: Path) -> None:
+    store, account_id = seeded(tmp_path)
+    outcome: dict[str, object] = {}
+
+    async def shielded_write() -> None:
+        # Shielded like a trace write that must not be lost to a CANCEL.
+        with trio.CancelScope(shield=True):
+            try:
+                await store.save_bindings([binding(account_id, 7)])
+                outcome["result"] = "committed"
+            except StorageError as exc:
+                outcome["result"] = exc
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run_writer)
+                # Queue the write, then stop the writer before it gets a turn.
+                outer.start_soon(shielded_write)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+    assert outcome["result"] == "committed" or isinstance(outcome["result"], StorageError)
 
 
 async def test_write_without_a_running_writer_says_how_to_start_it(tmp_path: Path) -> None:
