@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from engine.app import SIPApplication
 from engine.auth import Authenticator
+from engine.call_control import CallControl
 from engine.calls import CallEngine
 from engine.config import ServerConfig
 from engine.dialplan_host import DialplanRunner, RunnerLimits
@@ -24,7 +25,6 @@ from engine.mailer import MailConfig, Mailer
 from engine.records import CallRecords
 from engine.registrar import Registrar
 from engine.storage import Store
-from engine.call_control import CallControl
 from engine.web import WebConfig, WebServices, build_http_app
 from engine.webget import WebFetcher
 from sandbox import Limits
