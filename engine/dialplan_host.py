@@ -26,7 +26,7 @@ from engine.dialstring import (
     parse_dial_string,
 )
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, OutboundLeg, build_invite
+from engine.legs import Credentials, InboundLeg, OutboundLeg, build_invite
 from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
@@ -105,7 +105,7 @@ class DialplanRunner:
         if not name or (key is not None and call.chain and call.chain[-1] == key):
             # Without an In dialplan (or when this leg was placed by that very dialplan,
             # the self-rule), the account's current bindings ring in parallel.
-            await self._direct(call, f"{account.user}@local", account_only=True)
+            await self._direct(call, f"{account.user}@{account.domain}", account_only=True)
             return
         await self._execute(call, name)
 
@@ -304,10 +304,18 @@ class DialplanHost:
         if outcome.result == "Answered" and outcome.winner is not None:
             winner = outcome.winner
             assert winner.final is not None
+            if not isinstance(leg, InboundLeg):
+                # A web callback has no caller to bridge the answer to (sys.Callback is
+                # the way to join two legs from a URL): end the answered leg.
+                self.trace_line(f"Dial answered, but a {leg.transport} call has no caller to bridge to; hanging up.")
+                winner.hangup("No caller to bridge to")
+                self.runner.records.leg_hung_up(call, winner, "No caller to bridge to (server)", self.runner.wall_clock())
+                return HostReply(value="Answered", end=True)
             duration = float(limit) if limit > 0 else (outcome.winner_plan.duration_limit if outcome.winner_plan else None)
             bridge = self.engine.bridge(call, winner, fix_sdp(winner.final.body, winner.destination), duration)
             self.runner.records.bridge_started(call, bridge, winner, self.runner.wall_clock())
-            self.trace_sip("sent", winner.final.to_bytes())
+            if leg.answer_response is not None:
+                self.trace_sip("sent", leg.answer_response.to_bytes())
             return HostReply(value="Answered", end=True)
         if leg.cancelled.is_set():
             return HostReply(value="ClientCancelled", end=True)

@@ -74,6 +74,11 @@ class InboundLeg:
     def answered(self) -> bool:
         return self.final_status is not None and 200 <= self.final_status < 300
 
+    @property
+    def answer_response(self) -> Response | None:
+        """The 2xx we sent the caller, once answered."""
+        return self._answer
+
     def progress(self, status: int, reason: str | None = None, *, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Send a provisional response (180/183, with SDP for early media)."""
         if self.final_status is not None:

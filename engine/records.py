@@ -228,6 +228,19 @@ class CallRecords:
         await self._write([cdr])
         self._forget(call, leg)
 
+    def leg_hung_up(self, call: Call, leg: OutboundLeg, reason: str, now: float) -> None:
+        """An answered leg that was never bridged (a web callback's) was hung up."""
+        for owner, cdr in self._open.get(id(call), []):
+            if owner is leg:
+                cdr.status = 200
+                cdr.answered_at = cdr.answered_at or now
+                cdr.hungup_at = now
+                cdr.hangup_reason = reason
+                self._forget(call, leg)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._write, [cdr])
+                return
+
     def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
         caller = self._caller_cdr(call, now)
         caller.bridge_id = bridge.bridge_id
@@ -242,7 +255,7 @@ class CallRecords:
         records = [cdr for _, cdr in self._open.pop(id(call), []) if cdr.bridge_id == bridge.bridge_id]
         for cdr in records:
             cdr.hungup_at = now
-            cdr.hangup_reason = f"{reason} ({by})"
+            cdr.hangup_reason = reason if by in reason else f"{reason} ({by})"
         if self._nursery is not None and records:
             self._nursery.start_soon(self._write, records)
 
