@@ -404,13 +404,14 @@ class DialplanHost:
         uri = f"sip:{target.user}@{provider.server_host}" if target.user else f"sip:{provider.server_host}"
 
         async def start() -> OutboundLeg | None:
-            destination = await self._locate(provider.proxy_host or provider.server_host, provider.proxy_port or provider.server_port)
-            if destination is None:
+            targets = await self._locate(provider.proxy_host or provider.server_host, provider.proxy_port or provider.server_port)
+            if not targets:
                 return None
             return await self._start_leg(
                 request_uri=uri + (f":{provider.server_port}" if provider.server_port else ""),
                 to=f"<{uri}>",
-                destination=destination,
+                destination=targets[0],
+                alternates=targets[1:],
                 transport="UDP",
                 options=target.options,
                 credentials=(
@@ -431,20 +432,24 @@ class DialplanHost:
             uri += f":{target.port}"
 
         async def start() -> OutboundLeg | None:
-            destination = await self._locate(target.host, target.port)
-            if destination is None:
+            targets = await self._locate(target.host, target.port)
+            if not targets:
                 return None
-            return await self._start_leg(request_uri=uri, to=f"<{uri}>", destination=destination, transport="UDP", options=target.options)
+            return await self._start_leg(
+                request_uri=uri, to=f"<{uri}>", destination=targets[0], alternates=targets[1:],
+                transport="UDP", options=target.options,
+            )
 
         return PlannedLeg(description=uri, start=start, delay=float(target.options.delay), duration_limit=duration)
 
-    async def _locate(self, host: str, port: int | None) -> tuple[str, int] | None:
+    async def _locate(self, host: str, port: int | None) -> list[tuple[str, int]]:
+        """The UDP targets for ``host`` in the order to try them (RFC 3263)."""
         bare = host.strip("[]")
         if _is_ip(bare):
-            return (bare, port or 5060)
+            return [(bare, port or 5060)]
         resolver = self.runner.resolver
         if resolver is None:
-            return None
+            return []
         from engine.locate import LocateError, locate
 
         try:
@@ -452,11 +457,8 @@ class DialplanHost:
         except LocateError as exc:
             self.trace_line(f"Dial: cannot locate {host}: {exc}")
             self.last_failure = (404, "Not Found (host cannot be resolved)")
-            return None
-        if not targets:
-            return None
-        first = targets[0]
-        return (first.host_ip, first.port)
+            return []
+        return [(t.host_ip, t.port) for t in targets if t.transport.upper() == "UDP"]
 
     async def _start_leg(
         self,
@@ -466,6 +468,7 @@ class DialplanHost:
         destination: tuple[str, int],
         transport: str,
         options: object,
+        alternates: list[tuple[str, int]] | None = None,
         extra: tuple[tuple[str, str], ...] = (),
         credentials: Credentials | None = None,
         from_user: str | None = None,
@@ -508,6 +511,7 @@ class DialplanHost:
             transport=transport,
             credentials=credentials,
             on_provisional=lambda lg, response: self._progress(lg, response.status, response.reason, response.body),
+            alternates=alternates,
         )
         leg.start()
         self.runner.records.leg_started(self.active, leg, self.runner.wall_clock())

@@ -148,8 +148,11 @@ class OutboundLeg:
         transport: str = "UDP",
         credentials: Credentials | None = None,
         on_provisional: Callable[[OutboundLeg, Response], None] | None = None,
+        alternates: list[Address] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Further targets of the same destination (RFC 3263 4.3), tried in order.
+        self.alternates = list(alternates or ())
         self.request = request
         self.destination = destination
         self.transport = transport
@@ -192,6 +195,8 @@ class OutboundLeg:
                 if self.on_provisional is not None and not self.cancel_requested:
                     self.on_provisional(self, response)
             return
+        if status == 503 and self._try_next_target():
+            return
         if status in (401, 407) and self.credentials is not None and self._auth_attempts < 1 and not self.cancel_requested:
             # 22.2: answer the challenge once with a new INVITE (CSeq + 1, new branch).
             self._auth_attempts += 1
@@ -217,10 +222,28 @@ class OutboundLeg:
             self.final_event.set()
 
     def on_timeout(self) -> None:
+        if self._try_next_target():
+            return
         if self.final is None:
             # 8.1.3.1: a transaction timeout is treated as a 408.
             self.final = make_response(self.request, 408, "No answer from the destination")
             self.final_event.set()
+
+    def _try_next_target(self) -> bool:
+        """RFC 3263 4.3: after a 503 or a timeout with no response at all, the request
+        goes to the next located target, as a new transaction (new branch, CSeq + 1)."""
+        if not self.alternates or self.cancel_requested or self.provisional is not None or self.final is not None:
+            return False
+        self.destination = self.alternates.pop(0)
+        cseq = self.request.cseq
+        via = self.request.top_via.with_params(branch=new_branch())
+        headers = (
+            self.request.headers.with_replaced("CSeq", f"{cseq.number + 1} {cseq.method}")
+            .with_first_value_removed("Via")
+            .with_added("Via", str(via), first=True)
+        )
+        self._send(self.request.replace(headers=headers))
+        return True
 
     def on_transport_error(self, reason: str) -> None:
         if self.final is None:
