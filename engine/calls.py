@@ -47,6 +47,7 @@ from sip.transaction import (
 )
 
 if TYPE_CHECKING:
+    from engine.callbacks import CallbackService
     from engine.dialplan_host import DialplanRunner
     from sip.transport import SIPEndpoint
 
@@ -101,6 +102,8 @@ class CallEngine:
         self.executions_by_customer: dict[int, int] = {}
         self.executions = 0
         self.bridges: dict[str, Bridge] = {}
+        # The server's CallbackService (engine.callbacks), when callbacks are enabled.
+        self.callbacks: CallbackService | None = None
 
     def attach(self, endpoint: SIPEndpoint, nursery: trio.Nursery) -> None:
         self.endpoint = endpoint
@@ -273,6 +276,8 @@ class CallEngine:
             return
         call.account = account
         call.direction = "In"
+        if self.callbacks is not None and self.callbacks.offer(self, call):
+            return  # a dialplan was waiting for this call: it is bridged to its caller
         await self.runner.run_in(call)
 
     def find_account(self, user: str, domain: str) -> Account | None:

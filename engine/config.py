@@ -59,6 +59,13 @@ class ServerConfig:
     webget_allow_private: bool = False
     # Resolver for RFC 3263 lookups: None = the system's; else (ip, port).
     dns_server: tuple[str, int] | None = None
+    # Base URL of the callback service sys.GoogleVoiceCall talks to (docs/callbacks.md).
+    google_voice_url: str | None = None
+    # Where the callback-affinity file for a front proxy is written (docs/callbacks.md);
+    # default <data_dir>/callback-affinity.tsv.
+    callback_affinity_file: Path | None = None
+    # Provider registrations: how often the providers table is re-read (seconds).
+    provider_poll_interval: float = 5.0
     # The web side: customers may sign up over the API only when this is on.
     signup_enabled: bool = False
     tls_cert: Path | None = None
@@ -90,7 +97,7 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says what to fix."""
 
 
-_PATH_FIELDS = frozenset({"data_dir", "tls_cert", "tls_key"})
+_PATH_FIELDS = frozenset({"data_dir", "tls_cert", "tls_key", "callback_affinity_file"})
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.bridge import Bridge, fix_sdp
+from engine.callbacks import CallbackMethods
 from engine.calls import CHAIN_HEADER, CONCURRENCY_REASON, MAX_CHAIN, Call
 from engine.dialstring import (
     DialStringError,
@@ -225,8 +226,9 @@ class DialplanRunner:
             call.leg.reject(status, reason)
 
 
-class DialplanHost:
-    """The host side of ``sys`` for one execution (sandbox.Host)."""
+class DialplanHost(CallbackMethods):
+    """The host side of ``sys`` for one execution (sandbox.Host); the callback members
+    come from :class:`engine.callbacks.CallbackMethods`."""
 
     def __init__(self, *, runner: DialplanRunner, call: Call, dialplan: str) -> None:
         self.runner = runner

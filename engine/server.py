@@ -16,12 +16,14 @@ from hypercorn.trio import serve as hypercorn_serve
 from engine.app import SIPApplication
 from engine.auth import Authenticator
 from engine.call_control import CallControl
+from engine.callbacks import CallbackAffinity, CallbackService
 from engine.calls import CallEngine
 from engine.config import ServerConfig
 from engine.dialplan_host import DialplanRunner, RunnerLimits
 from engine.events import EventBus
 from engine.locate import Resolver
 from engine.mailer import MailConfig, Mailer
+from engine.provider_registrations import ProviderRegistrationAgent
 from engine.records import CallRecords
 from engine.registrar import Registrar
 from engine.storage import Store
@@ -107,6 +109,16 @@ class Server:
             runner=self.runner,
         )
         self.runner.engine = self.calls
+        advertised = config.advertised_host
+        self.callbacks = CallbackService(
+            google_voice_url=config.google_voice_url,
+            allow_private=config.webget_allow_private,
+            affinity=CallbackAffinity(
+                server_uri=f"sip:{advertised}:{config.sip_port}",
+                path=config.callback_affinity_file or config.data_dir / "callback-affinity.tsv",
+            ),
+        )
+        self.calls.callbacks = self.callbacks
         self.call_control = CallControl(engine=self.calls, runner=self.runner)
         self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(
@@ -115,11 +127,19 @@ class Server:
             handler=self.application.handle,
             layer=TransactionLayer(),
         )
+        self.provider_registrations = ProviderRegistrationAgent(
+            store=self.store,
+            endpoint=self.endpoint,
+            events=self.events,
+            resolver=self.runner.resolver,
+            contact_host=config.advertised_host,
+            poll_interval=config.provider_poll_interval,
+        )
         self.sip_address: tuple[str, int] | None = None
         self.http_address: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.pool, self.webget, trio.open_nursery() as nursery:
+        async with self.pool, self.webget, self.callbacks, trio.open_nursery() as nursery:
             await nursery.start(self.store.run_writer)
             await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
@@ -128,6 +148,7 @@ class Server:
             self.sip_address = await nursery.start(self.endpoint.serve)
             nursery.start_soon(self.application.run_keepalives)
             nursery.start_soon(self.application.run_sweeper)
+            await nursery.start(self.provider_registrations.run)
             http = HypercornConfig()
             http_host = self.config.http_host or self.config.sip_host
             http.bind = [f"{http_host}:{self.config.http_port}"]
