@@ -242,6 +242,12 @@ class CallbackService:
         if self._own_client:
             await self.client.aclose()
 
+    async def __aenter__(self) -> CallbackService:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     # -- the call engine's hook -------------------------------------------------------------
     def offer(self, engine: CallEngine, call: Call) -> bool:
         """Called for each new In call (account resolved) before its dialplan runs: True

@@ -1,0 +1,61 @@
+"""sys.Callback end to end: two registered phones are rung in turn and bridged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.callbacks import CallbackMethods
+from engine.dialplan_host import DialplanHost
+from tests.callbacks.ua import provision, running_server, sdp, user_agents
+
+pytestmark = pytest.mark.skipif(
+    not issubclass(DialplanHost, CallbackMethods),
+    reason="needs the integration lines of docs/callbacks.md (DialplanHost mixin)",
+)
+
+
+async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
+                  {"out": 'sys.Callback("bob@local", "carol@local", 1)\nsys.Respond(486, "Callback placed")\n'})
+        assert server.sip_address is not None
+        async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
+            # The script goes on at once: the caller hears its Respond before any phone rings.
+            with trio.fail_after(5):
+                _, final = await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            assert (final.status, final.reason) == (486, "Callback placed")
+            first, source1 = await bob.request("INVITE")
+            assert b"m=audio 9 " in first.body and first.from_.uri.user == "carol"
+            bob_dialog = await bob.answer(first, source1, sdp(41000))
+            assert (await bob.request("ACK"))[0].cseq.number == first.cseq.number
+            second, source2 = await carol.request("INVITE")
+            assert b"m=audio 41000" in second.body and second.from_.uri.user == "bob"
+            carol_dialog = await carol.answer(second, source2, sdp(43000))
+            # The first phone is re-offered the second one's media.
+            reinvite, source3 = await bob.request("INVITE")
+            assert reinvite.to.tag and b"m=audio 43000" in reinvite.body
+            await bob.ok(reinvite, source3, sdp(41000))
+            ack, _ = await bob.request("ACK")
+            assert ack.cseq.number == reinvite.cseq.number
+            # A hang-up on one phone reaches the other.
+            assert (await carol_dialog.bye()).status == 200
+            bye, source4 = await bob.request("BYE")
+            assert bye.call_id == bob_dialog.call_id
+            await bob.ok(bye, source4)
+
+
+async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
+                  {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
+        assert server.sip_address is not None
+        async with user_agents(server, "alice", "bob") as (alice, bob):  # carol is not registered
+            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            first, source = await bob.request("INVITE")
+            await bob.answer(first, source, sdp(41000))
+            bye, source = await bob.request("BYE")
+            assert bye.call_id == first.call_id
+            await bob.ok(bye, source)
