@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
-from engine.callbacks import CallbackMethods
-from engine.dialplan_host import DialplanHost
 from tests.callbacks.ua import provision, running_server, sdp, user_agents
-
-pytestmark = pytest.mark.skipif(
-    not issubclass(DialplanHost, CallbackMethods),
-    reason="needs the integration lines of docs/callbacks.md (DialplanHost mixin)",
-)
 
 
 async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -20,15 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.callbacks import CallbackMethods
-from engine.dialplan_host import DialplanHost
 from tests.callbacks.ua import UA, provision, running_server, sdp, user_agents
 from tests.conftest import free_port
-
-pytestmark = pytest.mark.skipif(
-    not issubclass(DialplanHost, CallbackMethods),
-    reason="needs the integration lines of docs/callbacks.md (DialplanHost mixin, CallEngine.callbacks hook)",
-)
 
 DIALPLAN = (
     'sys.GoogleVoiceCall("me@example.com", "s3cret", "gvline", req.URI.User, "^1555", 2, %d)\n'
