@@ -146,6 +146,9 @@ class Server:
             self.calls.attach(self.endpoint, nursery)
             self.records.attach(nursery)
             self.sip_address = await nursery.start(self.endpoint.serve)
+            # The affinity record names this server by the address it really bound.
+            if self.callbacks.affinity is not None:
+                self.callbacks.affinity.server_uri = f"sip:{self.config.advertised_host}:{self.sip_address[1]}"
             nursery.start_soon(self.application.run_keepalives)
             nursery.start_soon(self.application.run_sweeper)
             await nursery.start(self.provider_registrations.run)
