@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from engine.legs import advertised
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
@@ -130,7 +131,7 @@ class Bridge:
         host, port = self.endpoint.local
         relayed = other.dialog.create_request(
             method,
-            via_host=_advertised(host),
+            via_host=advertised(host),
             via_port=port,
             body=body,
             content_type=content_type,
@@ -165,7 +166,7 @@ class Bridge:
             # re-INVITE, so the ACK carries no body.
             cseq = relay.request.cseq.number
             host, port = self.endpoint.local
-            ack = relay.target_side.dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=cseq)
+            ack = relay.target_side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq)
             dest = relay.target_side.dialog.destination()
             if dest is not None:
                 self.endpoint.send_message(ack, dest, relay.target_side.transport)
@@ -180,7 +181,7 @@ class Bridge:
     def on_retransmitted_2xx(self, side: Side, response: Response) -> None:
         """A 2xx retransmitted by a side (our ACK was lost): ACK it again."""
         host, port = self.endpoint.local
-        ack = side.dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=response.cseq.number)
+        ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=response.cseq.number)
         dest = side.dialog.destination()
         if dest is not None:
             self.endpoint.send_message(ack, dest, side.transport)
@@ -195,7 +196,7 @@ class Bridge:
         host, port = self.endpoint.local
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:
-            bye = side.dialog.create_request("BYE", via_host=_advertised(host), via_port=port)
+            bye = side.dialog.create_request("BYE", via_host=advertised(host), via_port=port)
             dest = side.dialog.destination()
             if dest is not None:
                 self.endpoint.request(bye, dest, side.transport)
@@ -209,8 +210,3 @@ class Bridge:
         if not self.ended.is_set():
             self.hang_up(by="limit", reason=f"Call duration limit of {int(seconds)} s reached")
 
-
-def _advertised(host: str) -> str:
-    if host in ("0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

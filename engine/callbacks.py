@@ -38,7 +38,7 @@ from engine.calls import Call
 from engine.dialstring import DialStringError, LegKind, classify, parse_dial_string
 from engine.events import Event
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, InboundLeg, OutboundLeg, build_invite
+from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite
 from engine.webget import is_public_address
 from sandbox import HostReply, PlainValue
 from sip.message import Response, new_call_id, new_tag
@@ -383,7 +383,7 @@ class _ReInvite:
         endpoint = self.engine.endpoint
         if 200 <= response.status < 300 and dialog is not None and endpoint is not None:
             host, port = endpoint.local
-            ack = dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=self.cseq)
+            ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=self.cseq)
             endpoint.send_message(ack, dialog.destination() or self.leg.destination, self.leg.transport)
         self.status = self.status or response.status
         self.done.set()
@@ -519,7 +519,7 @@ class CallbackMethods:
         engine = self.engine
         assert engine.endpoint is not None and engine.nursery is not None
         await trio.sleep(delay)
-        host = _advertised(engine.endpoint.local[0])
+        host = advertised(engine.endpoint.local[0])
         offer = placeholder_offer(host)
         first = await self._ring(account, dest1, offer, caller_user=_user_of(dest2))
         if first is None or first.final is None:
@@ -546,7 +546,7 @@ class CallbackMethods:
         body = with_origin(fix_sdp(second.final.body, second.destination), offer)
         local_host, port = engine.endpoint.local
         reinvite = first.dialog.create_request(
-            "INVITE", via_host=_advertised(local_host), via_port=port, body=body, content_type="application/sdp"
+            "INVITE", via_host=advertised(local_host), via_port=port, body=body, content_type="application/sdp"
         )
         context = _ReInvite(engine, first, reinvite.cseq.number)
         transaction = engine.endpoint.request(reinvite, first.dialog.destination() or first.destination, first.transport)
@@ -647,11 +647,11 @@ class CallbackMethods:
         engine = self.engine
         assert engine.endpoint is not None
         local_host, local_port = engine.endpoint.local
-        advertised = _advertised(local_host)
+        our_host = advertised(local_host)
         try:
             invite = build_invite(
-                target=to, request_uri=uri, from_header=from_header, call_id=new_call_id(advertised),
-                contact=engine.contact, via_host=advertised, via_port=local_port, transport=transport,
+                target=to, request_uri=uri, from_header=from_header, call_id=new_call_id(our_host),
+                contact=engine.contact, via_host=our_host, via_port=local_port, transport=transport,
                 max_forwards=70, body=body,
             )
         except Exception as exc:  # a URI the parser refuses: this leg fails alone
@@ -688,8 +688,3 @@ def _user_of(dest: str) -> str:
 def _int(value: PlainValue, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
-
-def _advertised(host: str) -> str:
-    if host in ("0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

@@ -30,7 +30,7 @@ from engine.auth import Authenticator, AuthOutcome
 from engine.bridge import Bridge, Side
 from engine.config import ServerConfig
 from engine.events import Event, EventBus
-from engine.legs import InboundLeg, OutboundLeg
+from engine.legs import InboundLeg, OutboundLeg, advertised
 from engine.registrar import Registrar
 from engine.storage import Account, Store
 from sip.errors import SIPParseError
@@ -113,7 +113,7 @@ class CallEngine:
     def contact(self) -> str:
         assert self.endpoint is not None
         host, port = self.endpoint.local
-        return f"<sip:dialspell@{_advertised(host)}:{port}>"
+        return f"<sip:dialspell@{advertised(host)}:{port}>"
 
     # -- the TU hook -------------------------------------------------------------------------
     def handle(self, action: Action) -> bool:
@@ -362,8 +362,3 @@ class CallEngine:
         data.setdefault("call_id", call.leg.request.call_id)
         self.events.publish(Event(owner=owner, type=type_, data=data, time=self.wall_clock()))
 
-
-def _advertised(host: str) -> str:
-    if host in ("0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

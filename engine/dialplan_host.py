@@ -27,7 +27,7 @@ from engine.dialstring import (
     parse_dial_string,
 )
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, InboundLeg, OutboundLeg, build_invite
+from engine.legs import Credentials, InboundLeg, OutboundLeg, build_invite, is_ip
 from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
@@ -447,7 +447,7 @@ class DialplanHost(CallbackMethods):
     async def _locate(self, host: str, port: int | None) -> list[tuple[str, int]]:
         """The UDP targets for ``host`` in the order to try them (RFC 3263)."""
         bare = host.strip("[]")
-        if _is_ip(bare):
+        if is_ip(bare):
             return [(bare, port or 5060)]
         resolver = self.runner.resolver
         if resolver is None:
@@ -683,12 +683,3 @@ def _reason(text: str) -> str:
 def _stamp(now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d} UTC"
 
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -14,6 +14,7 @@ transaction layer hands to the call engine.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,7 +262,7 @@ class OutboundLeg:
             self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
         )
         host, port = self.endpoint.local
-        ack = dialog.create_request("ACK", via_host=_advertised(host), via_port=port, cseq=cseq)
+        ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq)
         self.endpoint.send_message(ack, dialog.destination() or self.destination, self.transport)
 
     def _authenticated_retry(self, challenge: Response) -> Request | None:
@@ -307,7 +308,7 @@ class OutboundLeg:
             return
         host, port = self.endpoint.local
         headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
-        bye = self.dialog.create_request("BYE", via_host=_advertised(host), via_port=port, headers=headers)
+        bye = self.dialog.create_request("BYE", via_host=advertised(host), via_port=port, headers=headers)
         self.endpoint.request(bye, self.dialog.destination() or self.destination, self.transport)
         self.dialog = None
 
@@ -350,7 +351,18 @@ def build_invite(
     return Request(method="INVITE", uri=URI.parse(request_uri), headers=Headers(items), body=body)
 
 
-def _advertised(host: str) -> str:
+def advertised(host: str) -> str:
+    """The address to put in Via/Contact for a socket bound to ``host`` (a wildcard
+    bind is advertised as loopback; IPv6 in brackets)."""
     if host in ("0.0.0.0", "::"):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is a numeric IPv4/IPv6 address (no DNS needed)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

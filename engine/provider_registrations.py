@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from engine.events import Event, EventBus
+from engine.legs import is_ip
 from engine.records import Provider, _provider
 from engine.storage import Store
 from sip.digest import authorization_for
@@ -301,7 +302,7 @@ class _Registration:
         host = provider.proxy_host or provider.server_host
         port = provider.proxy_port if provider.proxy_host else provider.server_port
         bare = host.strip("[]")
-        if _is_ip(bare):
+        if is_ip(bare):
             return (bare, port or 5060)
         resolver = self.agent.resolver
         if resolver is None:
@@ -371,12 +372,3 @@ def _same_contact(a: str, b: str) -> bool:
 
     return core(a) == core(b)
 
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
