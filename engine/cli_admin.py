@@ -109,7 +109,8 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
+    """Print ``dialspell: error: MESSAGE`` on stderr; the exit code 1."""
     print(f"dialspell: error: {message}", file=sys.stderr)
     return 1
 
@@ -130,9 +131,9 @@ def cmd_customer_add(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ConflictError as exc:
-        return _fail(f"{exc}: choose another, or see 'dialspell customer list'")
+        return fail(f"{exc}: choose another, or see 'dialspell customer list'")
     except StorageError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"customer {customer.name!r} added (id {customer.id}{', admin' if customer.admin else ''})")
     return 0
 
@@ -145,12 +146,12 @@ def cmd_customer_list(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except DataDirError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     rows = [{"id": c.id, "name": c.name, "email": c.email, "admin": c.admin} for c in customers]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    _table(["ID", "NAME", "EMAIL", "ADMIN"],
+    print_table(["ID", "NAME", "EMAIL", "ADMIN"],
            [[str(r["id"]), str(r["name"]), str(r["email"] or "-"), "yes" if r["admin"] else "no"]
             for r in rows])
     return 0
@@ -162,16 +163,16 @@ def cmd_customer_list(args: argparse.Namespace) -> int:
 def cmd_account_add(args: argparse.Namespace) -> int:
     user, at, domain = str(args.address).rpartition("@")
     if not at or not user or not domain:
-        return _fail(f"{args.address!r} is not USER@DOMAIN (e.g. alice@{LOCAL_DOMAIN})")
+        return fail(f"{args.address!r} is not USER@DOMAIN (e.g. alice@{LOCAL_DOMAIN})")
     domain = domain.lower()
     try:
         store = _open(args)
         try:
             if store.customer_by_name(args.customer) is None:
-                return _fail(f"customer {args.customer!r} does not exist: create it with "
+                return fail(f"customer {args.customer!r} does not exist: create it with "
                              f"'dialspell customer add {args.customer} --password ...'")
             if domain not in {d.domain for d in store.domains()}:
-                return _fail(f"domain {domain!r} is not served: add it with 'dialspell domain "
+                return fail(f"domain {domain!r} is not served: add it with 'dialspell domain "
                              f"add {domain}', or use {user}@{LOCAL_DOMAIN} for the server's "
                              "default domain")
             account = store.add_account(
@@ -183,9 +184,9 @@ def cmd_account_add(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ConflictError as exc:
-        return _fail(f"{exc}: see 'dialspell account list'")
+        return fail(f"{exc}: see 'dialspell account list'")
     except (NotFoundError, StorageError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"account {account.aor} added for customer {args.customer!r} (id {account.id})")
     return 0
 
@@ -199,7 +200,7 @@ def cmd_account_list(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except DataDirError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     rows = [
         {"id": a.id, "address": a.aor, "customer": names.get(a.customer_id),
          "incoming_only": a.incoming_only, "keepalive": a.keepalive, "disabled": a.disabled,
@@ -210,7 +211,7 @@ def cmd_account_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     flags = ("incoming_only", "keepalive", "disabled")
-    _table(["ID", "ADDRESS", "CUSTOMER", "FLAGS", "IN", "OUT"], [
+    print_table(["ID", "ADDRESS", "CUSTOMER", "FLAGS", "IN", "OUT"], [
         [str(r["id"]), str(r["address"]), str(r["customer"]),
          ",".join(f.replace("_", "-") for f in flags if r[f]) or "-",
          str(r["in_dialplan"] or "-"), str(r["out_dialplan"] or "-")]
@@ -230,9 +231,9 @@ def cmd_domain_add(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ConflictError as exc:
-        return _fail(f"{exc}: see 'dialspell domain list'")
+        return fail(f"{exc}: see 'dialspell domain list'")
     except StorageError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     aliases = f" (aliases: {', '.join(domain.aliases)})" if domain.aliases else ""
     print(f"domain {domain.domain!r} served{aliases}")
     return 0
@@ -246,12 +247,12 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except DataDirError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     rows = [{"domain": d.domain, "aliases": list(d.aliases)} for d in domains]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    _table(["DOMAIN", "ALIASES"], [
+    print_table(["DOMAIN", "ALIASES"], [
         [str(r["domain"]) + (" (the server's default domain)" if r["domain"] == LOCAL_DOMAIN else ""),
          ", ".join(r["aliases"]) or "-"]
         for r in rows
@@ -259,7 +260,8 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print rows as columns padded to their widest cell (the list commands' format)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     for line in [header, *rows]:

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from engine.cli_admin import fail as _fail
+from engine.cli_admin import print_table
 from engine.storage import (
     DEFAULT_DATA_DIR,
     LOCAL_DOMAIN,
@@ -158,10 +160,6 @@ def _missing_action(parser: argparse.ArgumentParser | None) -> int:
     return 2
 
 
-def _fail(message: str) -> int:
-    print(f"dialspell: error: {message}", file=sys.stderr)
-    return 1
-
 
 def _write(store: Store, op: Callable[[sqlite3.Connection], T]) -> T:
     """Run one write transaction through the store's writer (from synchronous code)."""
@@ -272,7 +270,7 @@ def cmd_dialplan_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    _table(["CUSTOMER", "NAME", "SIZE", "TRACE-EMAIL", "UPDATED", "USED BY"], [
+    print_table(["CUSTOMER", "NAME", "SIZE", "TRACE-EMAIL", "UPDATED", "USED BY"], [
         [str(i["customer"]), str(i["name"]), str(i["size"]), str(i["trace_email"] or "-"),
          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(i["updated"]))),
          ", ".join(i["used_by"]) or "-"]
@@ -432,7 +430,7 @@ def cmd_provider_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    _table(["ID", "CUSTOMER", "NAME", "SERVER", "USERNAME", "FROM", "PROXY", "HEADERS"], [
+    print_table(["ID", "CUSTOMER", "NAME", "SERVER", "USERNAME", "FROM", "PROXY", "HEADERS"], [
         [str(i["id"]), str(i["customer"]), str(i["name"]), str(i["server"]),
          str(i["username"] or "-") + (" (password set)" if i["has_password"] else ""),
          f"{i['from_user'] or '*'}@{i['from_host'] or '*'}"
@@ -442,9 +440,3 @@ def cmd_provider_list(args: argparse.Namespace) -> int:
     ])
     return 0
 
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    for line in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
