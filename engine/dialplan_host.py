@@ -27,7 +27,7 @@ from engine.dialstring import (
     parse_dial_string,
 )
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, InboundLeg, OutboundLeg, build_invite, is_ip
+from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite, is_ip
 from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
@@ -484,7 +484,7 @@ class DialplanHost(CallbackMethods):
         display = getattr(options, "from_display", None) or name or caller_from.display_name
         user = getattr(options, "from_user", None) or user or from_user or caller_from.uri.user or "anonymous"
         local_host, local_port = engine.endpoint.local
-        advertised = "127.0.0.1" if local_host in ("0.0.0.0", "::") else local_host
+        our_host = advertised(local_host)
         host = getattr(options, "from_host", None) or host or from_host or engine.config.default_domain
         from_header = (f'"{display}" ' if display else "") + f"<sip:{user}@{host}>"
         max_forwards = (request.max_forwards if request.max_forwards is not None else 70) - 1
@@ -494,9 +494,9 @@ class DialplanHost(CallbackMethods):
                 target=to,
                 request_uri=request_uri,
                 from_header=from_header,
-                call_id=new_call_id(advertised),
+                call_id=new_call_id(our_host),
                 contact=engine.contact,
-                via_host=advertised,
+                via_host=our_host,
                 via_port=local_port,
                 transport=transport,
                 max_forwards=max(0, max_forwards),

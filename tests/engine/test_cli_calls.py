@@ -241,8 +241,4 @@ async def running(config: ServerConfig) -> AsyncIterator[tuple[Server, trio.Nurs
             yield server, nursery
             nursery.cancel_scope.cancel()
     finally:
-        # SIPEndpoint.serve leaves its UDP socket open when cancelled: close it.
-        udp = getattr(server.endpoint, "_udp", None)
-        if udp is not None:
-            udp.close()
         server.store.close()

@@ -112,10 +112,6 @@ async def running_server(tmp_path: Path) -> AsyncIterator[tuple[Server, trio.Nur
             yield server, nursery
             nursery.cancel_scope.cancel()
     finally:
-        # SIPEndpoint.serve leaves its UDP socket open when cancelled: close it.
-        udp = getattr(server.endpoint, "_udp", None)
-        if udp is not None:
-            udp.close()
         server.store.close()
 
 
