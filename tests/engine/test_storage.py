@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -192,11 +193,16 @@ async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
 
 async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_path: Path) -> None:
     store, account_id = seeded(tmp_path)
+    started, release = threading.Event(), threading.Event()
     outcome: dict[str, object] = {}
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
 
     async def shielded_write() -> None:
         # Shielded like a trace write that must not be lost to a CANCEL.
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.fail_after(5):
             try:
                 await store.save_bindings([binding(account_id, 7)])
                 outcome["result"] = "committed"
@@ -207,11 +213,15 @@ async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_p
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_writer)
-                # Queue the write, then stop the writer before it gets a turn.
+                # Keep the writer busy in its thread, queue a write behind it, then stop
+                # the writer: the queued write must be failed, not left waiting.
+                outer.start_soon(store.write, slow)
+                await trio.to_thread.run_sync(started.wait, 5)
                 outer.start_soon(shielded_write)
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.cancel_scope.cancel()
-    assert outcome["result"] == "committed" or isinstance(outcome["result"], StorageError)
+                release.set()
+    assert isinstance(outcome["result"], StorageError)
 
 
 async def test_write_without_a_running_writer_says_how_to_start_it(tmp_path: Path) -> None:
