@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from sip.errors import SIPParseError
-from sip.uri import HOST_RE, URI, check_host_port, parse_hostport, sip_uri_pattern, validate_uri
+from sip.uri import HOST_RE, URI, ParseMemo, check_host_port, parse_hostport, sip_uri_pattern, validate_uri
 
 # RFC 3261 7.3.3: compact forms.
 COMPACT = {
@@ -71,10 +71,35 @@ TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 def canonical_name(name: str) -> str:
     """The long, conventionally capitalised form of a header name."""
+    known = _NAMES.get(name)
+    if known is not None:
+        return known
     lower = name.lower()
     if len(lower) == 1 and lower in COMPACT:
-        return COMPACT[lower]
-    return _CANONICAL.get(lower, name)
+        known = COMPACT[lower]
+    else:
+        known = _CANONICAL.get(lower, name)
+    if len(_NAMES) < _NAMES_KEPT:
+        _NAMES[name] = known
+    return known
+
+
+def _index_key(name: str) -> str:
+    """The key :class:`Headers` indexes a header name under (canonical, lower case)."""
+    known = _KEYS.get(name)
+    if known is None:
+        known = canonical_name(name).lower()
+        if len(_KEYS) < _NAMES_KEPT:
+            _KEYS[name] = known
+    return known
+
+
+# Every spelling of a header name seen so far and its canonical form / index key: a
+# server meets a few dozen names, so lookups stop costing a lower() and two dict probes.
+# Bounded, so a stream of invented names cannot grow them.
+_NAMES_KEPT = 2048
+_NAMES: dict[str, str] = {}
+_KEYS: dict[str, str] = {}
 
 
 def split_commas(value: str) -> list[str]:
@@ -234,6 +259,14 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         """Parse one name-addr or addr-spec value; raise :class:`SIPParseError`."""
+        known = _NAME_ADDR_MEMO.get(text)
+        if known is None:
+            known = cls._parse(text)
+            _NAME_ADDR_MEMO.put(text, known)
+        return known
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         m, in_brackets = _match_name_addr(text)
         if in_brackets:
             quoted = m.group("quoted")
@@ -303,6 +336,8 @@ def _match_name_addr(text: str) -> tuple[re.Match[str], bool]:
 def validate_name_addr(text: str) -> None:
     """Check a name-addr / addr-spec value by exactly the rule :meth:`NameAddr.parse`
     applies, without building it (the parser's fast path)."""
+    if _NAME_ADDR_MEMO.get(text) is not None:
+        return
     fast = _NAME_ADDR_SIP.match(text)
     if fast is not None:
         check_host_port(fast.group("u_host"), fast.group("u_port"))
@@ -374,6 +409,14 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm; raise :class:`SIPParseError`."""
+        known = _VIA_MEMO.get(text)
+        if known is None:
+            known = cls._parse(text)
+            _VIA_MEMO.put(text, known)
+        return known
+
+    @classmethod
+    def _parse(cls, text: str) -> Via:
         m = _VIA.match(text)
         if m is None:
             _diagnose_via(text)
@@ -460,6 +503,14 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; raise :class:`SIPParseError`."""
+        known = _CSEQ_MEMO.get(text)
+        if known is None:
+            known = cls._parse(text)
+            _CSEQ_MEMO.put(text, known)
+        return known
+
+    @classmethod
+    def _parse(cls, text: str) -> CSeq:
         m = _CSEQ.match(text)
         if m is None:
             raise SIPParseError("Malformed CSeq header")
@@ -473,6 +524,11 @@ class CSeq:
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
+
+
+_NAME_ADDR_MEMO: ParseMemo[NameAddr] = ParseMemo()
+_VIA_MEMO: ParseMemo[Via] = ParseMemo()
+_CSEQ_MEMO: ParseMemo[CSeq] = ParseMemo()
 
 
 class Headers:
@@ -514,7 +570,7 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and canonical_name(name).lower() in self._index
+        return isinstance(name, str) and _index_key(name) in self._index
 
     def __repr__(self) -> str:
         return f"Headers({list(self._items)!r})"
@@ -527,11 +583,11 @@ class Headers:
 
     def lines(self, name: str) -> list[str]:
         """Every header line of that name, unsplit."""
-        return list(self._index.get(canonical_name(name).lower(), ()))
+        return list(self._index.get(_index_key(name), ()))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (the first comma-separated one for multi-value)."""
-        key = canonical_name(name).lower()
+        key = _index_key(name)
         lines = self._index.get(key)
         if not lines:
             return default
@@ -542,7 +598,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """All values of a header, in order, split on commas for multi-value headers."""
-        key = canonical_name(name).lower()
+        key = _index_key(name)
         lines = self._index.get(key, ())
         if key in MULTI_VALUE:
             return [v for line in lines for v in split_commas(line)]
@@ -558,7 +614,7 @@ class Headers:
         """Replace every line of ``name`` with one line (or remove them for None).
 
         The new line stands where the first old one stood (or at the end)."""
-        key = canonical_name(name).lower()
+        key = _index_key(name)
         out: list[tuple[str, str]] = []
         placed = value is None
         for n, v in self._items:
@@ -573,12 +629,12 @@ class Headers:
         return Headers(out)
 
     def without(self, *names: str) -> Headers:
-        keys = {canonical_name(n).lower() for n in names}
+        keys = {_index_key(n) for n in names}
         return Headers((n, v) for n, v in self._items if n.lower() not in keys)
 
     def with_first_value_removed(self, name: str) -> Headers:
         """Remove the first value of a multi-value header (e.g. the top Via)."""
-        key = canonical_name(name).lower()
+        key = _index_key(name)
         out: list[tuple[str, str]] = []
         done = False
         for n, v in self._items:

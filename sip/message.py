@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sip.headers import CSeq, Headers, NameAddr, Via
 from sip.uri import URI
@@ -53,35 +54,59 @@ class _Common:
 
     headers: Headers
     body: bytes
+    _memo: dict[str, Any]
 
     @property
     def vias(self) -> list[Via]:
         return [Via.parse(v) for v in self.headers.get_all("Via")]
 
+    # The structured views below are read many times per message (transactions,
+    # dialogs, the engine): each is parsed once and kept with the message, which is
+    # immutable.  ``replace`` builds a new message with an empty memo.
     @property
     def top_via(self) -> Via:
-        value = self.headers.get("Via")
+        memo = self._memo
+        value = memo.get("via")
         if value is None:
-            from sip.errors import SIPParseError
+            text = self.headers.get("Via")
+            if text is None:
+                from sip.errors import SIPParseError
 
-            raise SIPParseError("Missing Via header")
-        return Via.parse(value)
+                raise SIPParseError("Missing Via header")
+            value = memo["via"] = Via.parse(text)
+        return value  # type: ignore[no-any-return]
 
     @property
     def from_(self) -> NameAddr:
-        return NameAddr.parse(self._required("From"))
+        memo = self._memo
+        value = memo.get("from")
+        if value is None:
+            value = memo["from"] = NameAddr.parse(self._required("From"))
+        return value  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        return NameAddr.parse(self._required("To"))
+        memo = self._memo
+        value = memo.get("to")
+        if value is None:
+            value = memo["to"] = NameAddr.parse(self._required("To"))
+        return value  # type: ignore[no-any-return]
 
     @property
     def call_id(self) -> str:
-        return self._required("Call-ID").strip()
+        memo = self._memo
+        value = memo.get("call-id")
+        if value is None:
+            value = memo["call-id"] = self._required("Call-ID").strip()
+        return value  # type: ignore[no-any-return]
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self._required("CSeq"))
+        memo = self._memo
+        value = memo.get("cseq")
+        if value is None:
+            value = memo["cseq"] = CSeq.parse(self._required("CSeq"))
+        return value  # type: ignore[no-any-return]
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -121,6 +146,7 @@ class Request(_Common):
     uri: URI
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is always recomputed from the body."""
@@ -145,6 +171,7 @@ class Response(_Common):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_bytes(self) -> bytes:
         return self._serialize(f"SIP/2.0 {self.status} {self.reason}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
+from typing import Generic, NoReturn, TypeVar
 from urllib.parse import unquote
 
 from sip.errors import SIPParseError
@@ -64,6 +64,39 @@ _OTHER_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+\-.]*):(?P<rest>[^\s<>\"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
 _HOSTPORT = re.compile(rf"(?P<host>{HOST_RE})(?::(?P<port>[0-9]{{1,5}}))?\Z")
 
+_T = TypeVar("_T")
+
+
+class ParseMemo(Generic[_T]):
+    """A bounded map from a header text to its parsed value.
+
+    Every message of a dialog repeats the same From, To, Via and URI texts, and the
+    stack reads them several times per message; the values are immutable, so each text
+    is parsed once.  Only short texts are kept (a hostile 64 KiB header is parsed, not
+    stored), and the map is emptied when full rather than tracking recency: cheap, and
+    a working set of a few thousand live dialogs fits.
+    """
+
+    __slots__ = ("_values", "_limit", "_longest")
+
+    def __init__(self, limit: int = 4096, longest: int = 512) -> None:
+        self._values: dict[str, _T] = {}
+        self._limit = limit
+        self._longest = longest
+
+    def get(self, text: str) -> _T | None:
+        return self._values.get(text)
+
+    def put(self, text: str, value: _T) -> None:
+        if len(text) > self._longest:
+            return
+        if len(self._values) >= self._limit:
+            self._values.clear()
+        self._values[text] = value
+
+
+_URI_MEMO: ParseMemo[URI] = ParseMemo()
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class URI:
@@ -89,6 +122,15 @@ class URI:
     @classmethod
     def parse(cls, text: str) -> URI:
         """Parse ``text`` or raise :class:`SIPParseError` naming the defect."""
+        known = _URI_MEMO.get(text)
+        if known is not None:
+            return known
+        value = cls._parse(text)
+        _URI_MEMO.put(text, value)
+        return value
+
+    @classmethod
+    def _parse(cls, text: str) -> URI:
         m = _SIP_URI.match(text)
         if m is None:
             return cls(scheme=_other_scheme(text), opaque=text[text.index(":") + 1 :])
