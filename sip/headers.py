@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from sip.errors import SIPParseError
-from sip.uri import HOST_RE, URI, ParseMemo, check_host_port, parse_hostport, sip_uri_pattern, validate_uri
+from sip.uri import (
+    HOST_RE,
+    URI,
+    ParseMemo,
+    check_host_port,
+    parse_hostport,
+    sip_uri_pattern,
+    validate_uri,
+)
 
 # RFC 3261 7.3.3: compact forms.
 COMPACT = {
