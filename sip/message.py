@@ -221,12 +221,22 @@ def make_response(
         elif name == "Timestamp" and status == 100:
             copied.append((name, value))
     copied.extend(headers)
-    return Response(
+    response = Response(
         status=status,
         reason=reason if reason is not None else REASONS.get(status, "Unknown"),
         headers=Headers(copied),
         body=body,
     )
+    # The copied headers carry the same values: share what the request already parsed.
+    known = request._memo
+    for key in _COPIED_VIEWS:
+        value = known.get(key)
+        if value is not None:
+            response._memo[key] = value
+    return response
+
+
+_COPIED_VIEWS = ("via", "from", "call-id", "cseq")
 
 
 def make_ack_for_error(invite: Request, response: Response) -> Request:

@@ -44,7 +44,10 @@ from sip.headers import (
     SINGLE_VALUE,
     TOKEN,
     TOKEN_CHARS,
+    CSeq,
     Headers,
+    NameAddr,
+    Via,
     split_commas,
     validate_name_addr,
     validate_via,
@@ -186,10 +189,16 @@ def _parse(data: bytes) -> Message:
     headers = Headers._from_parsed(tuple(items), index)
 
     body = data[body_start:]
-    body = _check_headers(index, repeated, body, is_response, None if is_response else method)
+    views: dict[str, object] = {}
+    body = _check_headers(index, repeated, body, is_response, None if is_response else method, views)
+    message: Message
     if is_response:
-        return Response(status=status, reason=reason, headers=headers, body=body)
-    return Request(method=method, uri=uri, headers=headers, body=body)
+        message = Response(status=status, reason=reason, headers=headers, body=body)
+    else:
+        message = Request(method=method, uri=uri, headers=headers, body=body)
+    # What validation built is what the stack reads next: hand it over.
+    message._memo.update(views)
+    return message
 
 
 def _header_name(raw_name: str, colon: str, is_response: bool) -> tuple[str, str]:
@@ -295,8 +304,12 @@ def _check_headers(
     body: bytes,
     is_response: bool,
     method: str | None,
+    views: dict[str, object],
 ) -> bytes:
-    """Validate what the verdicts depend on; return the body cut to Content-Length."""
+    """Validate what the verdicts depend on; return the body cut to Content-Length.
+
+    The structured values built on the way (From, To, top Via, CSeq, Call-ID) go into
+    ``views``, under the message's memo keys."""
 
     def fail(reason: str) -> SIPParseError:
         return SIPParseError(reason, is_response=is_response)
@@ -355,18 +368,23 @@ def _check_headers(
             f"CSeq method {cseq_method[:_ECHO_MAX]} does not match "
             f"request method {method[:_ECHO_MAX]}"
         )
-    for name, value in (("From", from_), ("To", to)):
+    for name, value in (("from", from_), ("to", to)):
         try:
-            validate_name_addr(value)
+            views[name] = NameAddr.parse(value)
         except SIPParseError as exc:
-            raise fail(f"Malformed {name} header: {exc.reason}") from None
+            raise fail(f"Malformed {_CANONICAL[name]} header: {exc.reason}") from None
+    views["call-id"] = call_id.strip()
+    views["cseq"] = CSeq(int(number), cseq_method)
     for line in vias:
         values = split_commas(line) if "," in line else (line,)
         if not values or not values[0]:
             raise fail("Empty Via header")
         for value in values:
             try:
-                validate_via(value)
+                if "via" in views:
+                    validate_via(value)
+                else:
+                    views["via"] = Via.parse(value)
             except SIPParseError as exc:
                 raise fail(f"Malformed Via header: {exc.reason}") from None
     contact_lines = index.get("contact")

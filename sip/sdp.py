@@ -16,6 +16,7 @@ what it does not read.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -354,17 +355,13 @@ def rewrite_connection_addresses(sdp_bytes: bytes, new_ip: str, *, only_private:
     Raises :class:`SDPError` for a body that is not SDP, and :class:`SIPValueError` when
     ``new_ip`` is not an IP address.
     """
-    try:
-        new = ipaddress.ip_address(new_ip)
-    except ValueError:
-        raise SIPValueError(f"not an IP address: {new_ip!r}") from None
-    new_type = "IP4" if new.version == 4 else "IP6"
+    new_type, new_text = _address_type(new_ip)
     sdp = SessionDescription.parse(sdp_bytes)
 
     def fix(connection: Connection) -> Connection:
         if connection.nettype.upper() != "IN" or not _should_rewrite(connection, only_private):
             return connection
-        return replace(connection, addrtype=new_type, address=str(new))
+        return replace(connection, addrtype=new_type, address=new_text)
 
     def change(line: SDPLine) -> SDPLine:
         if line.type == "c":
@@ -397,9 +394,26 @@ def rewrite_connection_addresses(sdp_bytes: bytes, new_ip: str, *, only_private:
     return rewritten.to_bytes()
 
 
-def _should_rewrite(connection: Connection, only_private: bool) -> bool:
+@functools.lru_cache(maxsize=256)
+def _address_type(ip: str) -> tuple[str, str]:
+    """("IP4" or "IP6", the address as SDP writes it) for an IP address."""
     try:
-        address = ipaddress.ip_address(connection.address)
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise SIPValueError(f"not an IP address: {ip!r}") from None
+    return ("IP4" if address.version == 4 else "IP6"), str(address)
+
+
+def _should_rewrite(connection: Connection, only_private: bool) -> bool:
+    return _rewritable(connection.address, only_private)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rewritable(text: str, only_private: bool) -> bool:
+    # Memoised: a server sees the same few media addresses over and over, and
+    # ipaddress takes tens of microseconds per address.
+    try:
+        address = ipaddress.ip_address(text)
     except ValueError:
         # A host name: it cannot be judged private, so only an unconditional rewrite
         # replaces it.
