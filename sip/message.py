@@ -230,9 +230,9 @@ def make_response(
     # The copied headers carry the same values: share what the request already parsed.
     known = request._memo
     for key in _COPIED_VIEWS:
-        value = known.get(key)
-        if value is not None:
-            response._memo[key] = value
+        view = known.get(key)
+        if view is not None:
+            response._memo[key] = view
     return response
 
 
