@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAIN_HEADER = "X-Dialspell-Chain"
+DIALOG_LINGER_SECONDS = 32.0  # an ended bridge still answers retransmitted BYEs this long
 MAX_CHAIN = 5
 CONCURRENCY_REASON = "Dial plan execution exceeded maximum allowed"
 
@@ -102,6 +104,8 @@ class CallEngine:
         self.executions_by_customer: dict[int, int] = {}
         self.executions = 0
         self.bridges: dict[str, Bridge] = {}
+        self._ended_bridges: deque[tuple[float, Bridge]] = deque()
+        self._forgetting = False
         # The server's CallbackService (engine.callbacks), when callbacks are enabled.
         self.callbacks: CallbackService | None = None
 
@@ -219,6 +223,9 @@ class CallEngine:
             self.calls.discard(call)
             if leg.final_status is None:
                 leg.reject(487 if leg.cancelled.is_set() else 500)
+            # The INVITE's transaction lingers for 32 s (Timer H/L) to absorb
+            # retransmissions; it must not keep the whole call alive that long.
+            tx.context = None
 
     async def _route(self, call: Call) -> None:
         leg = call.leg
@@ -318,6 +325,7 @@ class CallEngine:
             bridge_id=bridge_id,
         )
         bridge.call = call  # type: ignore[attr-defined]
+        bridge.callee_leg = winner  # type: ignore[attr-defined]
         call.bridge = bridge
         self.bridges[bridge_id] = bridge
         self.dialogs[caller_dialog.key] = (bridge, bridge.caller)
@@ -336,18 +344,36 @@ class CallEngine:
     def _bridge_ended(self, bridge: Bridge, by: str, reason: str) -> None:
         self.bridges.pop(bridge.bridge_id, None)
         assert self.nursery is not None
-
-        async def forget_later() -> None:
-            # Keep the dialogs a little longer so retransmitted BYEs find them.
-            await trio.sleep(32)
-            for side in bridge.sides():
-                self.dialogs.pop(side.dialog.key, None)
-
-        self.nursery.start_soon(forget_later)
+        # Keep the dialogs a little longer so retransmitted BYEs find them (one queue
+        # and one task for all ended bridges, not a sleeping task each).
+        self._ended_bridges.append((trio.current_time() + DIALOG_LINGER_SECONDS, bridge))
+        if not self._forgetting:
+            self._forgetting = True
+            self.nursery.start_soon(self._forget_ended_bridges)
         call = getattr(bridge, "call", None)
         if isinstance(call, Call):
             self.publish(call, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
             self.runner.call_ended(call, bridge, by, reason)
+            # What lingers (the dialogs for 32 s, the legs' transactions for up to 32 s)
+            # must not hold the finished call and everything hanging off it.
+            bridge.call = None  # type: ignore[attr-defined]
+            call.leg.transaction.context = None
+        winner = getattr(bridge, "callee_leg", None)
+        if isinstance(winner, OutboundLeg):
+            winner.release()
+            bridge.callee_leg = None  # type: ignore[attr-defined]
+
+    async def _forget_ended_bridges(self) -> None:
+        try:
+            while self._ended_bridges:
+                deadline, bridge = self._ended_bridges[0]
+                await trio.sleep_until(deadline)
+                self._ended_bridges.popleft()
+                for side in bridge.sides():
+                    if self.dialogs.get(side.dialog.key, (None,))[0] is bridge:
+                        del self.dialogs[side.dialog.key]
+        finally:
+            self._forgetting = False
 
     def current_call_count(self, customer_id: int) -> int:
         count = 0

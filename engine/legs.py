@@ -179,11 +179,19 @@ class OutboundLeg:
         self._send(self.request)
 
     def _send(self, request: Request) -> None:
+        self.release()  # a retry: the previous transaction has had its final response
         self.request = request
         tx = self.endpoint.request(request, self.destination, self.transport)
         assert isinstance(tx, ClientTransaction)
         tx.context = self
         self.transaction = tx
+
+    def release(self) -> None:
+        """Stop hearing from the INVITE transaction.  It lingers after its final response
+        (up to 32 s, Timer D/M) to absorb retransmissions, and must not keep this leg,
+        and the call behind it, alive that long."""
+        if self.transaction is not None and self.transaction.context is self:
+            self.transaction.context = None
 
     # -- events from the transaction layer (via the call engine) -------------------------
     def on_response(self, response: Response) -> None:
@@ -221,6 +229,8 @@ class OutboundLeg:
         if self.final is None:
             self.final = response
             self.final_event.set()
+        if status >= 300:
+            self.release()  # 3xx-6xx: nothing more comes up from this transaction
 
     def on_timeout(self) -> None:
         if self._try_next_target():

@@ -550,18 +550,21 @@ class Headers:
     __slots__ = ("_items", "_index")
 
     _items: tuple[tuple[str, str], ...]
-    _index: dict[str, list[str]]
+    # Tuples, not lists: a tuple of strings drops out of the cyclic collector's view
+    # after its first collection, a list never does, and messages linger in
+    # transactions for up to 32 s.
+    _index: dict[str, tuple[str, ...]]
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items = tuple((canonical_name(n), v) for n, v in items)
-        index: dict[str, list[str]] = {}
+        lists: dict[str, list[str]] = {}
         for name, value in self._items:
-            index.setdefault(name.lower(), []).append(value)
-        self._index = index
+            lists.setdefault(name.lower(), []).append(value)
+        self._index = {key: tuple(values) for key, values in lists.items()}
 
     @classmethod
     def _from_parsed(
-        cls, items: tuple[tuple[str, str], ...], index: dict[str, list[str]]
+        cls, items: tuple[tuple[str, str], ...], index: dict[str, tuple[str, ...]]
     ) -> Headers:
         """Build from names already canonical and an index already built (the parser's
         fast path: it has done both while reading the lines)."""

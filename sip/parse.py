@@ -169,7 +169,8 @@ def _parse(data: bytes) -> Message:
     # Header lines: name HCOLON value.  HCOLON = *( SP / HTAB ) ":" SWS, so whitespace
     # before the colon belongs to the separator (RFC 4475 3.1.1.1 "TO :").
     items: list[tuple[str, str]] = []
-    index: dict[str, list[str]] = {}
+    index: dict[str, tuple[str, ...]] = {}
+    growing: dict[str, list[str]] = {}
     repeated: list[str] = []
     exact = _EXACT_NAMES
     for line in lines[1:]:
@@ -182,10 +183,14 @@ def _parse(data: bytes) -> Message:
         items.append((name, value))
         bucket = index.get(key)
         if bucket is None:
-            index[key] = [value]
+            index[key] = (value,)
         else:
-            bucket.append(value)
+            if key not in growing:
+                growing[key] = list(bucket)
+            growing[key].append(value)
             repeated.append(key)
+    for key, values in growing.items():  # (appending to a tuple would be quadratic)
+        index[key] = tuple(values)
     headers = Headers._from_parsed(tuple(items), index)
 
     body = data[body_start:]
@@ -299,7 +304,7 @@ def _request_line_diagnosed(start: str) -> tuple[str, URI]:
 
 
 def _check_headers(
-    index: dict[str, list[str]],
+    index: dict[str, tuple[str, ...]],
     repeated: list[str],
     body: bytes,
     is_response: bool,
@@ -412,7 +417,7 @@ def _check_headers(
     return body
 
 
-def _check_contacts(lines: list[str], fail: _Fail) -> None:
+def _check_contacts(lines: tuple[str, ...], fail: _Fail) -> None:
     values = [v for line in lines for v in (split_commas(line) if "," in line else (line,))]
     if "*" in values:
         # RFC 3261 10.2.2: "*" is only allowed alone (with Expires: 0).
