@@ -104,7 +104,9 @@ class CallEngine:
         self.executions_by_customer: dict[int, int] = {}
         self.executions = 0
         self.bridges: dict[str, Bridge] = {}
-        self._ended_bridges: deque[tuple[float, Bridge]] = deque()
+        # Dialogs whose bridge ended in the last DIALOG_LINGER_SECONDS.
+        self.ended_dialogs: set[tuple[str, str, str]] = set()
+        self._ended_queue: deque[tuple[float, tuple[tuple[str, str, str], ...]]] = deque()
         self._forgetting = False
         # The server's CallbackService (engine.callbacks), when callbacks are enabled.
         self.callbacks: CallbackService | None = None
@@ -181,9 +183,17 @@ class CallEngine:
     def _in_dialog(self, tx: ServerTransaction, request: Request) -> bool:
         from sip.dialog import Dialog
 
-        found = self.dialogs.get(Dialog.key_of(request))
+        key = Dialog.key_of(request)
+        found = self.dialogs.get(key)
         if found is None:
-            return False
+            if key not in self.ended_dialogs:
+                return False
+            assert self.endpoint is not None
+            if request.method == "BYE":
+                self.endpoint.respond(tx, make_response(request, 200))  # a BYE that crossed ours
+            else:
+                self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
+            return True
         bridge, side = found
         bridge.on_request(side, tx, request)
         return True
@@ -195,6 +205,8 @@ class CallEngine:
             key = Dialog.key_of(request)
         except SIPParseError:
             return False
+        if key in self.ended_dialogs:
+            return True  # the ACK of a 2xx to a call that has since ended: nothing to do
         found = self.dialogs.get(key)
         if found is not None:
             bridge, side = found
@@ -344,12 +356,20 @@ class CallEngine:
     def _bridge_ended(self, bridge: Bridge, by: str, reason: str) -> None:
         self.bridges.pop(bridge.bridge_id, None)
         assert self.nursery is not None
-        # Keep the dialogs a little longer so retransmitted BYEs find them (one queue
-        # and one task for all ended bridges, not a sleeping task each).
-        self._ended_bridges.append((trio.current_time() + DIALOG_LINGER_SECONDS, bridge))
+        # An ended dialog is still known for a while, so a late BYE gets its 200 (and
+        # anything else its 481); only its key is kept, not the bridge (one queue and
+        # one task for all of them, not a sleeping task each).
+        keys = []
+        for side in bridge.sides():
+            key = side.dialog.key
+            if self.dialogs.get(key, (None,))[0] is bridge:
+                del self.dialogs[key]
+                self.ended_dialogs.add(key)
+                keys.append(key)
+        self._ended_queue.append((trio.current_time() + DIALOG_LINGER_SECONDS, tuple(keys)))
         if not self._forgetting:
             self._forgetting = True
-            self.nursery.start_soon(self._forget_ended_bridges)
+            self.nursery.start_soon(self._forget_ended_dialogs)
         call = getattr(bridge, "call", None)
         if isinstance(call, Call):
             self.publish(call, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
@@ -363,15 +383,13 @@ class CallEngine:
             winner.release()
             bridge.callee_leg = None  # type: ignore[attr-defined]
 
-    async def _forget_ended_bridges(self) -> None:
+    async def _forget_ended_dialogs(self) -> None:
         try:
-            while self._ended_bridges:
-                deadline, bridge = self._ended_bridges[0]
+            while self._ended_queue:
+                deadline, keys = self._ended_queue[0]
                 await trio.sleep_until(deadline)
-                self._ended_bridges.popleft()
-                for side in bridge.sides():
-                    if self.dialogs.get(side.dialog.key, (None,))[0] is bridge:
-                        del self.dialogs[side.dialog.key]
+                self._ended_queue.popleft()
+                self.ended_dialogs.difference_update(keys)
         finally:
             self._forgetting = False
 

@@ -130,6 +130,12 @@ class _Common:
             raise SIPParseError(f"Missing {name} header")
         return value
 
+    def _snapshot(self, start_line: str) -> bytes:
+        parts = [start_line]
+        for name, value in self.headers:
+            parts.append(f"Content-Length: {len(self.body)}" if name == "Content-Length" else f"{name}: {value}")
+        return ("\r\n".join(parts) + "\r\n\r\n").encode("utf-8") + self.body
+
     def _serialize(self, start_line: str) -> bytes:
         parts = [start_line]
         for name, value in self.headers:
@@ -151,6 +157,12 @@ class Request(_Common):
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is always recomputed from the body."""
         return self._serialize(f"{self.method} {self.uri} SIP/2.0")
+
+    def snapshot(self) -> bytes:
+        """Bytes that parse back into an equal message: the header list exactly as it
+        is (a Content-Length line keeps its place, with the body's real length; none
+        is added).  For keeping a message compactly, not for sending."""
+        return self._snapshot(f"{self.method} {self.uri} SIP/2.0")
 
     def replace(self, **changes: object) -> Request:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -175,6 +187,10 @@ class Response(_Common):
 
     def to_bytes(self) -> bytes:
         return self._serialize(f"SIP/2.0 {self.status} {self.reason}")
+
+    def snapshot(self) -> bytes:
+        """See :meth:`Request.snapshot`."""
+        return self._snapshot(f"SIP/2.0 {self.status} {self.reason}")
 
     def replace(self, **changes: object) -> Response:
         return replace(self, **changes)  # type: ignore[arg-type]

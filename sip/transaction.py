@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from sip.errors import SIPParseError, SIPValueError
 from sip.headers import Via
@@ -36,6 +37,7 @@ from sip.message import (
     make_cancel,
     make_response,
 )
+from sip.parse import parse_message_untrusted
 from sip.timers import RETRANSMIT_TIMERS, Timer, TimerHeap, TimerSettings
 
 logger = logging.getLogger(__name__)
@@ -243,31 +245,102 @@ class _Transaction:
     """State common to client and server transactions."""
 
     __slots__ = (
-        "request", "kind", "is_invite", "state", "transport", "destination", "key",
-        "last_response", "context", "_reliable", "_table", "_interval", "_ack",
+        "_request", "kind", "is_invite", "state", "transport", "destination", "key",
+        "_last_response", "context", "_reliable", "_table", "_interval", "_ack_message",
+        "rejected_key",
     )
 
     def __init__(
         self, request: Request, kind: Kind, transport: str, destination: Address, key: Key
     ) -> None:
-        self.request = request
+        self._request: Request | bytes = request
         self.kind = kind
         self.is_invite = kind is Kind.INVITE_CLIENT or kind is Kind.INVITE_SERVER
         self.transport = transport
         self.destination = destination
         self.key = key
         self.state, _ = INITIAL[kind]
-        self.last_response: Response | None = None
+        self._last_response: Response | bytes | None = None
         self.context: object | None = None
         # 18: "reliable" is anything but UDP (TCP, TLS, SCTP, WebSocket).
         self._reliable = transport.upper() != "UDP"
         self._table = TRANSITIONS[kind]
         self._interval = 0.0  # current A/E/G retransmission interval
-        self._ack: Request | None = None
+        self._ack_message: Request | bytes | None = None
+        # The dialog key it is filed under in the layer's rejected-INVITE table, if any.
+        self.rejected_key: Key | None = None
+
+    # The messages are kept as objects while the transaction is active.  Once it only
+    # lingers to absorb retransmissions (up to 32 s), they are kept as their bytes:
+    # tens of thousands of parsed messages sitting in lingering transactions made each
+    # pass of Python's cyclic collector take hundreds of milliseconds.  Reading one
+    # then parses it again (rare: a retransmission, a log line).
+    @property
+    def request(self) -> Request:
+        value = self._request
+        if value.__class__ is bytes:
+            value = self._request = _inflate(value, Request)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    @request.setter
+    def request(self, value: Request) -> None:
+        self._request = value
+
+    @property
+    def last_response(self) -> Response | None:
+        value = self._last_response
+        if value.__class__ is bytes:
+            value = self._last_response = _inflate(value, Response)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    @last_response.setter
+    def last_response(self, value: Response | None) -> None:
+        self._last_response = value
+
+    @property
+    def _ack(self) -> Request | None:
+        value = self._ack_message
+        if value.__class__ is bytes:
+            value = self._ack_message = _inflate(value, Request)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    @_ack.setter
+    def _ack(self, value: Request | None) -> None:
+        self._ack_message = value
+
+    def _shed(self) -> None:
+        """Keep the messages as bytes from now on (see :attr:`request`)."""
+        for name in ("_request", "_last_response", "_ack_message"):
+            value = getattr(self, name)
+            if value is not None and value.__class__ is not bytes:
+                setattr(self, name, value.snapshot())
 
     def __repr__(self) -> str:
         return (f"<{self.kind.value} transaction {self.request.method} "
                 f"{self.state.value} {self.key!r}>")
+
+
+_M = TypeVar("_M", Request, Response)
+
+
+def _inflate(data: bytes, kind: type[_M]) -> _M:
+    """Parse a message this layer serialised itself (see :meth:`_Transaction._shed`)."""
+    message = parse_message_untrusted(data)
+    assert isinstance(message, kind)
+    return message
+
+
+# The states a transaction only lingers in, absorbing retransmissions until a timer
+# ends it; entering one sheds its messages to bytes.  Not INVITE-server Completed: it
+# retransmits its response every T1..T2 until the ACK comes.
+LINGERING: frozenset[tuple[Kind, TransactionState]] = frozenset({
+    (Kind.NON_INVITE_SERVER, S.COMPLETED),
+    (Kind.INVITE_SERVER, S.ACCEPTED),
+    (Kind.INVITE_SERVER, S.CONFIRMED),
+    (Kind.NON_INVITE_CLIENT, S.COMPLETED),
+    (Kind.INVITE_CLIENT, S.COMPLETED),
+    (Kind.INVITE_CLIENT, S.ACCEPTED),
+})
 
 
 class ClientTransaction(_Transaction):
@@ -525,6 +598,7 @@ class TransactionLayer:
             key = _dialog_key(transaction.request, response.to.tag)
             if key is not None:
                 self._rejected_invites[key] = transaction
+                transaction.rejected_key = key
         return out
 
     def request(
@@ -742,6 +816,7 @@ class TransactionLayer:
         if row is None:
             return False
         target, effects = row
+        entering = target is not tx.state
         tx.state = target
         at_once: Timer | None = None
         for effect in effects:
@@ -799,6 +874,8 @@ class TransactionLayer:
             # A zero timer (D, I, J, K on a reliable transport) fires right away, after
             # the effects of the transition that started it.
             self._fire(tx, at_once, None, now, out)
+        elif entering and (tx.kind, target) in LINGERING:
+            tx._shed()
         return True
 
     def _start_timer(self, tx: Transaction, timer: Timer, now: float) -> bool:
@@ -828,10 +905,9 @@ class TransactionLayer:
         else:
             if self._servers.get(tx.key) is tx:
                 del self._servers[tx.key]
-            if tx.is_invite and self._rejected_invites and tx.last_response is not None:
-                key = _dialog_key(tx.request, tx.last_response.to.tag)
-                if key is not None and self._rejected_invites.get(key) is tx:
-                    del self._rejected_invites[key]
+            key = tx.rejected_key
+            if key is not None and self._rejected_invites.get(key) is tx:
+                del self._rejected_invites[key]
         out.append(Terminated(tx))
 
 

@@ -213,3 +213,26 @@ async def test_lost_2xx_and_lost_ack_still_establish_the_call(tmp_path: Path) ->
             assert (await call.bye()).status == 200
             await bob.next_request("BYE")
 
+
+
+async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_holding_the_call(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call = await alice.invite("bob")
+            incoming = await bob.next_request("INVITE")
+            callee = await bob.answer(incoming)
+            assert (await alice.final(call)).status == 200
+            await bob.next_request("ACK")
+            assert (await call.bye()).status == 200
+            await callee.ok_to(await bob.next_request("BYE"))
+            # Bob's own BYE crossed ours: it still gets its 200; a re-INVITE gets 481.
+            assert (await callee.bye()).status == 200
+            assert (await callee.reinvite(sdp("127.0.0.1", 41002))).status == 481
+            # Only the two dialog keys are remembered, not the bridge and the call.
+            engine = server.calls
+            assert not engine.dialogs and not engine.bridges
+            assert len(engine.ended_dialogs) == 2
+            assert all(type(part) is str for key in engine.ended_dialogs for part in key)

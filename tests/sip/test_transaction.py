@@ -5,6 +5,8 @@ Every test passes ``now`` explicitly: no sleeping, no sockets.
 
 from __future__ import annotations
 
+import gc
+
 from sip.headers import Headers
 from sip.message import Request, Response, make_response, new_branch
 from sip.parse import parse_message_untrusted
@@ -572,3 +574,23 @@ def test_statistics_count_live_transactions() -> None:
 
     assert stats["client_transactions"] == 2
     assert stats["server_transactions"] == 1
+
+
+def test_a_lingering_transaction_keeps_its_messages_as_bytes_and_gives_back_equal_ones() -> None:
+    """Transactions linger up to 32 s after their final response; holding parsed
+    messages that long made the cyclic collector's passes take hundreds of ms under
+    load, so they keep bytes (which the collector never visits) and parse on demand."""
+    layer = TransactionLayer()
+    register = make_request("REGISTER")
+    server = new_server_tx(layer, register)
+    ok = make_response(register, 200, to_tag="me")
+    layer.respond(server, ok, 0.0)
+    invite = make_request("INVITE", cseq=3)
+    client, _ = layer.request(invite, PEER, "UDP", 0.0)
+    layer.receive(make_response(invite, 486, to_tag="callee"), PEER, "UDP", 1.0)
+
+    for tx in (server, client):
+        assert state(tx) is TransactionState.COMPLETED
+        assert not any(gc.is_tracked(part) for part in (tx._request, tx._last_response, tx._ack_message))
+    assert server.request == register and server.last_response == ok
+    assert client.request == invite and client._ack is not None and client._ack.method == "ACK"
