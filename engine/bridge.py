@@ -16,7 +16,7 @@ from engine.legs import advertised
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
-from sip.sdp import rewrite_connection_addresses
+from sip.sdp import mentions_private_ipv4, rewrite_connection_addresses
 from sip.transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 def fix_sdp(body: bytes, source: Address) -> bytes:
     """Replace private IPv4 addresses in an SDP body with the address the packet really
     came from (the media of a phone behind NAT arrives from there too)."""
-    if not body:
-        return body
+    if not body or not mentions_private_ipv4(body):
+        return body  # nothing to replace (the common case): spare the parse
     try:
         return rewrite_connection_addresses(body, source[0])
     except SIPError:

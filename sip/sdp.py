@@ -404,6 +404,19 @@ def _address_type(ip: str) -> tuple[str, str]:
     return ("IP4" if address.version == 4 else "IP6"), str(address)
 
 
+_DOTTED_QUAD = re.compile(rb"(?<![0-9.])([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?![0-9.])")
+
+
+def mentions_private_ipv4(sdp_bytes: bytes) -> bool:
+    """Whether any address of :data:`PRIVATE_NETWORKS` appears anywhere in the body: a
+    cheap test that lets a caller skip :func:`rewrite_connection_addresses` (with
+    ``only_private``) when it could change nothing."""
+    for match in _DOTTED_QUAD.finditer(sdp_bytes):
+        if _rewritable(match.group(1).decode("ascii"), True):
+            return True
+    return False
+
+
 def _should_rewrite(connection: Connection, only_private: bool) -> bool:
     return _rewritable(connection.address, only_private)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sip.errors import SDPError, SIPValueError
 from sip.parse import parse_message_untrusted
-from sip.sdp import SessionDescription, rewrite_connection_addresses
+from sip.sdp import SessionDescription, mentions_private_ipv4, rewrite_connection_addresses
 
 TORTURE = Path(__file__).resolve().parents[2].parent / "shared" / "sip-torture"
 
@@ -190,3 +190,18 @@ def test_arbitrary_bytes_raise_only_sdp_error(data: bytes) -> None:
         rewrite_connection_addresses(data, "203.0.113.1")
     except SDPError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_LINES, st.sampled_from([b"c=IN IP4 172.20.1.1", b"o=- 1 1 IN IP4 100.64.0.1",
+                                                    b"c=IN IP4 8.8.8.8", b"c=IN IP4 10.1.2.3/127"])),
+                max_size=12))
+def test_the_private_address_precheck_never_skips_a_body_the_rewrite_would_change(lines: list[bytes]) -> None:
+    body = b"\r\n".join([b"v=0", *lines]) + b"\r\n"
+    try:
+        rewritten = rewrite_connection_addresses(body, "203.0.113.1")
+    except SDPError:
+        return
+    if rewritten != body:
+        assert mentions_private_ipv4(body)
+    assert not mentions_private_ipv4(b"v=0\r\nc=IN IP4 203.0.113.9\r\nm=audio 4000 RTP/AVP 0\r\n")
