@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -142,8 +142,7 @@ class CallEngine:
             if to_tag:
                 return self._in_dialog(action.transaction, request)
             if request.method == "INVITE":
-                assert self.nursery is not None
-                self.nursery.start_soon(self._run_call, action.transaction)
+                self._new_call(action.transaction)
                 return True
             return False
         if kind is CancelReceived:
@@ -219,15 +218,32 @@ class CallEngine:
         return False
 
     # -- a new call ---------------------------------------------------------------------------
-    async def _run_call(self, tx: ServerTransaction) -> None:
-        assert self.endpoint is not None
+    def _new_call(self, tx: ServerTransaction) -> None:
+        """Route a new INVITE.  What can be decided at once (a challenge, a refusal) is
+        answered here; only a call that runs a dialplan gets a task of its own."""
+        assert self.endpoint is not None and self.nursery is not None
         leg = InboundLeg(endpoint=self.endpoint, transaction=tx, contact=self.contact)
         call = Call(leg=leg)
         tx.context = call
         try:
+            run = self._route(call)
+        except Exception:
+            log.exception("call %s failed", tx.request.call_id)
+            run = None
+        if run is not None:
+            self.nursery.start_soon(self._run_call, call, run)
+            return
+        if leg.final_status is None:
+            leg.reject(500, "Server Internal Error")
+        tx.context = None
+
+    async def _run_call(self, call: Call, run: Callable[[Call], Awaitable[None]]) -> None:
+        leg = call.leg
+        tx = leg.transaction
+        try:
             self.calls.add(call)
             with call.scope:
-                await self._route(call)
+                await run(call)
         except Exception:
             log.exception("call %s failed", tx.request.call_id)
             leg.reject(500, "Server Internal Error")
@@ -239,14 +255,16 @@ class CallEngine:
             # retransmissions; it must not keep the whole call alive that long.
             tx.context = None
 
-    async def _route(self, call: Call) -> None:
+    def _route(self, call: Call) -> Callable[[Call], Awaitable[None]] | None:
+        """Classify and check a new call; answer it if it is refused.  Returns what runs
+        the call (its dialplan), or None when it has been answered already."""
         leg = call.leg
         request = leg.request
         now = self.wall_clock()
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
             leg.reject(483, "Too Many Hops")
-            return
+            return None
         from_us = self._from_ourselves(leg)
         if from_us:
             chain_value = request.headers.get(CHAIN_HEADER) or ""
@@ -261,43 +279,42 @@ class CallEngine:
             )
             if result.outcome is AuthOutcome.CHALLENGE:
                 leg.reject(407, headers=result.headers)
-                return
+                return None
             if result.outcome is AuthOutcome.FORBIDDEN:
                 leg.reject(403, result.reason)
-                return
+                return None
             if result.outcome is AuthOutcome.BAD_REQUEST:
                 leg.reject(400, result.reason)
-                return
+                return None
             account = result.account
             assert account is not None
             if account.disabled:
                 leg.reject(403, "Forbidden (account disabled)")
-                return
+                return None
             if account.incoming_only:
                 leg.reject(403, "Forbidden (this account may not place calls)")
-                return
+                return None
             call.account = account
             call.direction = "Out"
-            await self.runner.run_out(call)
-            return
+            return self.runner.run_out
         # In: the Request-URI is in one of our domains.
         ruri = request.uri
         domain = self.registrar.resolve_domain(ruri.host, now) if ruri.is_sip else None
         if domain is None:
             leg.reject(404, "Not Found (domain not served here)")
-            return
+            return None
         account = self.find_account(ruri.unescaped_user or "", domain)
         if account is None:
             leg.reject(404, "Not Found (no such account)")
-            return
+            return None
         if account.disabled:
             leg.reject(403, "Forbidden (account disabled)")
-            return
+            return None
         call.account = account
         call.direction = "In"
         if self.callbacks is not None and self.callbacks.offer(self, call):
-            return  # a dialplan was waiting for this call: it is bridged to its caller
-        await self.runner.run_in(call)
+            return None  # a dialplan was waiting for this call: it is bridged to its caller
+        return self.runner.run_in
 
     def find_account(self, user: str, domain: str) -> Account | None:
         """The account for ``user`` in ``domain`` by the suffix rule: ``anything.joe``
