@@ -117,6 +117,9 @@ class URI:
     params: tuple[tuple[str, str | None], ...] = ()
     headers: str | None = None
     opaque: str | None = field(default=None)
+    # Its text once written (URIs are shared through the parse memo and written into
+    # every message, trace and record that names them).
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -206,6 +209,13 @@ class URI:
         return f"{user}@{self.host.lower()}" if user else self.host.lower()
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._write()
+            object.__setattr__(self, "_text", text)
+        return text
+
+    def _write(self) -> str:
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         out = [self.scheme, ":"]
