@@ -681,5 +681,14 @@ def _reason(text: str) -> str:
 
 
 def _stamp(now: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d} UTC"
+    global _stamp_second, _stamp_text
+    second = int(now)
+    if second != _stamp_second:
+        # strftime costs more than the rest of a trace line: once a second will do.
+        _stamp_second, _stamp_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return f"{_stamp_text}.{int(now % 1 * 1000):03d} UTC"
+
+
+_stamp_second = -1
+_stamp_text = ""
 

@@ -110,20 +110,27 @@ class CallRecords:
         self._nursery = nursery
 
     # -- reads --------------------------------------------------------------------------
+    # Both are read for every call: from memory until the tables change.
     def dialplan(self, customer_id: int, name: str) -> tuple[str | None, str | None]:
-        row = self.store.query_one(
-            "SELECT source, trace_email FROM dialplans WHERE customer_id = ? AND name = ?", (customer_id, name)
-        )
-        return (None, None) if row is None else (str(row[0]), row[1])
+        def load() -> tuple[str | None, str | None]:
+            row = self.store.query_one(
+                "SELECT source, trace_email FROM dialplans WHERE customer_id = ? AND name = ?", (customer_id, name)
+            )
+            return (None, None) if row is None else (str(row[0]), row[1])
+
+        return self.store.cached_read("dialplans", (customer_id, name), load)
 
     def providers(self, customer_id: int) -> list[Provider]:
-        rows = self.store.query_all(
-            "SELECT id, customer_id, name, server, username, password, from_user, from_host, "
-            "outbound_proxy, headers, register, register_contact, register_expiry "
-            "FROM providers WHERE customer_id = ? ORDER BY name",
-            (customer_id,),
-        )
-        return [_provider(r) for r in rows]
+        def load() -> tuple[Provider, ...]:
+            rows = self.store.query_all(
+                "SELECT id, customer_id, name, server, username, password, from_user, from_host, "
+                "outbound_proxy, headers, register, register_contact, register_expiry "
+                "FROM providers WHERE customer_id = ? ORDER BY name",
+                (customer_id,),
+            )
+            return tuple(_provider(r) for r in rows)
+
+        return list(self.store.cached_read("providers", customer_id, load))
 
     # -- key/value store (sys.DB*) ------------------------------------------------------------
     async def kv_write(self, customer_id: int, key: str, value: str) -> str | None:

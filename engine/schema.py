@@ -159,8 +159,16 @@ _MIGRATION_3 = [
 ]
 
 #: (number, name, statements).  Append only: a shipped migration never changes.
+_MIGRATION_4 = [
+    # A change counter for providers, so calls read them from memory (see
+    # Store.cached_read) and still see every change.
+    """INSERT INTO versions (name, value) VALUES ('providers', 1)""",
+    *_version_triggers("providers", "providers"),
+]
+
 MIGRATIONS: tuple[tuple[int, str, Sequence[str]], ...] = (
     (1, "customers, domains, accounts, bindings, dialplans", _MIGRATION_1),
     (2, "providers, key/value store, traces, call detail records", _MIGRATION_2),
     (3, "web sessions, webcallback keys, dialplan limits", _MIGRATION_3),
+    (4, "a change counter for providers", _MIGRATION_4),
 )

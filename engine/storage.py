@@ -44,7 +44,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +245,11 @@ class Store:
         self._directory: Directory | None = None
         self._checked_at = float("-inf")
         self._data_version = -1
+        # cached_read: the change counters as last read, and per counter the values
+        # computed while it had that value.
+        self._cache_data_version = -1
+        self._versions: dict[str, int] = {}
+        self._cached: dict[str, tuple[int, dict[Hashable, Any]]] = {}
         self._batches = 0
         self._jobs = 0
 
@@ -541,6 +546,30 @@ class Store:
     def is_served_domain(self, host: str) -> bool:
         """Whether ``host`` is a served domain, alias or the default domain."""
         return self.served_domain(host) is not None
+
+    def cached_read(self, counter: str, key: Hashable, load: Callable[[], T]) -> T:
+        """``load()`` (a read of the tables behind the change counter ``counter``), from
+        memory while those tables have not changed.
+
+        Each call asks SQLite whether any connection committed since the last call
+        (``PRAGMA data_version``, no I/O) and only then re-reads the counters, so a
+        change by this process or another one is seen by the next read.  For the owning
+        thread only, like the other reads."""
+        read = self._read
+        data_version = read.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._cache_data_version:
+            self._cache_data_version = data_version
+            self._versions = dict(read.execute("SELECT name, value FROM versions").fetchall())
+        version = self._versions[counter]
+        entry = self._cached.get(counter)
+        if entry is None or entry[0] != version:
+            entry = self._cached[counter] = (version, {})
+        values = entry[1]
+        if key in values:
+            value: T = values[key]
+            return value
+        value = values[key] = load()
+        return value
 
     # -- the directory cache ------------------------------------------------------------
     def directory(self, *, force: bool = False) -> Directory:

@@ -124,6 +124,28 @@ def test_directory_notices_another_process_adding_an_account(tmp_path: Path) -> 
     assert server_side.is_served_domain("SIP.example.com")
 
 
+def test_cached_reads_come_from_memory_until_any_connection_changes_their_tables(tmp_path: Path) -> None:
+    server_side, _ = seeded(tmp_path)
+    customer = server_side.customer_by_name("acme")
+    assert customer is not None
+    loads: list[str] = []
+
+    def source() -> str | None:
+        loads.append("read")
+        return server_side.dialplan_source(customer.id, "out")
+
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) is None
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) is None
+    assert loads == ["read"]
+    cli_side = Store.open(tmp_path / "data")  # e.g. `dialspell dialplan put` meanwhile
+    cli_side.put_dialplan(customer.id, "out", "sys.Log('v1')", now=2.0)
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v1')"
+    # A write to other tables (a binding, a CDR) leaves the cached value in place.
+    cli_side.add_domain("example.com", [], now=3.0)
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v1')"
+    assert loads == ["read", "read"]
+
+
 def test_binding_writes_do_not_reload_the_directory(tmp_path: Path) -> None:
     store, account_id = seeded(tmp_path)
     before = store.directory()
