@@ -404,6 +404,8 @@ def _address_type(ip: str) -> tuple[str, str]:
     return ("IP4" if address.version == 4 else "IP6"), str(address)
 
 
+# Every address of PRIVATE_NETWORKS starts with one of these (a cheap first test).
+_PRIVATE_PREFIXES = (b"10.", b"172.", b"192.168.", b"100.", b"169.254.")
 _DOTTED_QUAD = re.compile(rb"(?<![0-9.])([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?![0-9.])")
 
 
@@ -411,6 +413,8 @@ def mentions_private_ipv4(sdp_bytes: bytes) -> bool:
     """Whether any address of :data:`PRIVATE_NETWORKS` appears anywhere in the body: a
     cheap test that lets a caller skip :func:`rewrite_connection_addresses` (with
     ``only_private``) when it could change nothing."""
+    if not any(prefix in sdp_bytes for prefix in _PRIVATE_PREFIXES):
+        return False
     for match in _DOTTED_QUAD.finditer(sdp_bytes):
         if _rewritable(match.group(1).decode("ascii"), True):
             return True
