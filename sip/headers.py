@@ -267,11 +267,7 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         """Parse one name-addr or addr-spec value; raise :class:`SIPParseError`."""
-        known = _NAME_ADDR_MEMO.get(text)
-        if known is None:
-            known = cls._parse(text)
-            _NAME_ADDR_MEMO.put(text, known)
-        return known
+        return _NAME_ADDR_MEMO.parsed(text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> NameAddr:
@@ -417,11 +413,7 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm; raise :class:`SIPParseError`."""
-        known = _VIA_MEMO.get(text)
-        if known is None:
-            known = cls._parse(text)
-            _VIA_MEMO.put(text, known)
-        return known
+        return _VIA_MEMO.parsed(text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> Via:
@@ -511,11 +503,7 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; raise :class:`SIPParseError`."""
-        known = _CSEQ_MEMO.get(text)
-        if known is None:
-            known = cls._parse(text)
-            _CSEQ_MEMO.put(text, known)
-        return known
+        return _CSEQ_MEMO.parsed(text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> CSeq:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Generic, NoReturn, TypeVar
 from urllib.parse import unquote
@@ -94,6 +95,14 @@ class ParseMemo(Generic[_T]):
             self._values.clear()
         self._values[text] = value
 
+    def parsed(self, text: str, parse: Callable[[str], _T]) -> _T:
+        """The value ``parse(text)`` gave before, or its value now (then kept)."""
+        known = self._values.get(text)
+        if known is None:
+            known = parse(text)
+            self.put(text, known)
+        return known
+
 
 _URI_MEMO: ParseMemo[URI] = ParseMemo()
 
@@ -125,12 +134,7 @@ class URI:
     @classmethod
     def parse(cls, text: str) -> URI:
         """Parse ``text`` or raise :class:`SIPParseError` naming the defect."""
-        known = _URI_MEMO.get(text)
-        if known is not None:
-            return known
-        value = cls._parse(text)
-        _URI_MEMO.put(text, value)
-        return value
+        return _URI_MEMO.parsed(text, cls._parse)
 
     @classmethod
     def _parse(cls, text: str) -> URI:
