@@ -90,6 +90,12 @@ class Bridge:
         self.end_reason = ""
         self.hung_up_by = ""
         self.answered_at = trio.current_time()
+        # Set by whoever joined the legs (the call engine, callbacks): the call, and the
+        # dialled leg it was bridged to.  The engine drops both when the bridge ends,
+        # so what lingers after a call (its dialogs' keys, its transactions) holds
+        # neither.  (Typed loosely: engine.calls builds on this module.)
+        self.call: object | None = None
+        self.callee_leg: object | None = None
 
     def sides(self) -> tuple[Side, Side]:
         return self.caller, self.callee

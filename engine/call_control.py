@@ -85,7 +85,7 @@ class CallControl:
         calls: list[dict[str, Any]] = []
         now = time.time()
         for bridge_id, bridge in list(self.engine.bridges.items()):
-            call = getattr(bridge, "call", None)
+            call = bridge.call
             if not isinstance(call, Call) or call.account is None:
                 continue
             if customer_id is not None and call.account.customer_id != customer_id:
@@ -111,7 +111,7 @@ class CallControl:
         bridge = self.engine.bridges.get(call_id)
         if bridge is None:
             return False
-        call = getattr(bridge, "call", None)
+        call = bridge.call
         if customer_id is not None and (
             not isinstance(call, Call) or call.account is None or call.account.customer_id != customer_id
         ):

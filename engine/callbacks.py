@@ -182,7 +182,7 @@ def bridge_inbound(engine: CallEngine, caller: Call, callback: Call) -> Bridge:
         on_end=engine._bridge_ended,
         bridge_id=bridge_id,
     )
-    bridge.call = caller  # type: ignore[attr-defined]
+    bridge.call = caller
     caller.bridge = callback.bridge = bridge
     engine.bridges[bridge_id] = bridge
     engine.dialogs[caller_dialog.key] = (bridge, bridge.caller)

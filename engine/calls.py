@@ -210,7 +210,7 @@ class CallEngine:
         if found is not None:
             bridge, side = found
             if side is bridge.caller:
-                call = getattr(bridge, "call", None)
+                call = bridge.call
                 if isinstance(call, Call):
                     call.leg.acked.set()
             bridge.on_ack(side, request)
@@ -353,8 +353,8 @@ class CallEngine:
             on_end=self._bridge_ended,
             bridge_id=bridge_id,
         )
-        bridge.call = call  # type: ignore[attr-defined]
-        bridge.callee_leg = winner  # type: ignore[attr-defined]
+        bridge.call = call
+        bridge.callee_leg = winner
         call.bridge = bridge
         self.bridges[bridge_id] = bridge
         self.dialogs[caller_dialog.key] = (bridge, bridge.caller)
@@ -387,18 +387,18 @@ class CallEngine:
         if not self._forgetting:
             self._forgetting = True
             self.nursery.start_soon(self._forget_ended_dialogs)
-        call = getattr(bridge, "call", None)
+        call = bridge.call
         if isinstance(call, Call):
             self.publish(call, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
             self.runner.call_ended(call, bridge, by, reason)
             # What lingers (the dialogs for 32 s, the legs' transactions for up to 32 s)
             # must not hold the finished call and everything hanging off it.
-            bridge.call = None  # type: ignore[attr-defined]
+            bridge.call = None
             call.leg.transaction.context = None
-        winner = getattr(bridge, "callee_leg", None)
+        winner = bridge.callee_leg
         if isinstance(winner, OutboundLeg):
             winner.release()
-            bridge.callee_leg = None  # type: ignore[attr-defined]
+            bridge.callee_leg = None
 
     async def _forget_ended_dialogs(self) -> None:
         try:
@@ -413,7 +413,7 @@ class CallEngine:
     def current_call_count(self, customer_id: int) -> int:
         count = 0
         for bridge in self.bridges.values():
-            call = getattr(bridge, "call", None)
+            call = bridge.call
             if isinstance(call, Call) and call.account is not None and call.account.customer_id == customer_id:
                 count += 1
         return count
