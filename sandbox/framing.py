@@ -203,9 +203,9 @@ def _validate(message: dict[str, object]) -> WorkerFrame:
         limit = message.get("limit")
         cpu = message.get("cpu", 0.0)
         if not isinstance(cpu, int | float) or type(cpu) is bool:
-            raise ValueError("bad cpu")
+            raise ValueError(f"bad cpu ({type(cpu).__name__})")
         if not math.isfinite(cpu) or cpu < 0:
-            raise ValueError("bad cpu")
+            raise ValueError(f"bad cpu ({cpu!r})")
         trace = message.get("trace", True)
         if type(trace) is not bool:
             raise ValueError("bad trace")

@@ -464,9 +464,17 @@ class Worker:
             "error": info,
             "limit": None if limit is None else limit.value,
             "trace": exe.sys.trace_enabled() if exe.sys is not None else True,
+            # Never negative: the host refuses a negative figure as a malformed frame,
+            # and the process CPU clock is not promised to be monotonic to the
+            # microsecond.  (Clamped here, on the worker's own shallow stack: the clock
+            # code also runs one frame below a script's recursion limit, where even a
+            # comparison through max() raises RecursionError.)
             "cpu": round(
-                exe.cpu_used
-                + (time.process_time() - exe.slice_start if self.current is exe else 0.0),
+                max(
+                    exe.cpu_used
+                    + (time.process_time() - exe.slice_start if self.current is exe else 0.0),
+                    0.0,
+                ),
                 6,
             ),
             "log": exe.take_lines(),
