@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine.storage import (
@@ -148,13 +149,8 @@ def cmd_customer_list(args: argparse.Namespace) -> int:
     except DataDirError as exc:
         return fail(str(exc))
     rows = [{"id": c.id, "name": c.name, "email": c.email, "admin": c.admin} for c in customers]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print_table(["ID", "NAME", "EMAIL", "ADMIN"],
-           [[str(r["id"]), str(r["name"]), str(r["email"] or "-"), "yes" if r["admin"] else "no"]
-            for r in rows])
-    return 0
+    return print_listing(rows, args.json, ["ID", "NAME", "EMAIL", "ADMIN"], lambda r: [
+        str(r["id"]), str(r["name"]), str(r["email"] or "-"), "yes" if r["admin"] else "no"])
 
 
 # -- accounts -----------------------------------------------------------------------------
@@ -207,17 +203,11 @@ def cmd_account_list(args: argparse.Namespace) -> int:
          "in_dialplan": a.in_dialplan, "out_dialplan": a.out_dialplan}
         for a in accounts
     ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
     flags = ("incoming_only", "keepalive", "disabled")
-    print_table(["ID", "ADDRESS", "CUSTOMER", "FLAGS", "IN", "OUT"], [
-        [str(r["id"]), str(r["address"]), str(r["customer"]),
-         ",".join(f.replace("_", "-") for f in flags if r[f]) or "-",
-         str(r["in_dialplan"] or "-"), str(r["out_dialplan"] or "-")]
-        for r in rows
-    ])
-    return 0
+    return print_listing(rows, args.json, ["ID", "ADDRESS", "CUSTOMER", "FLAGS", "IN", "OUT"], lambda r: [
+        str(r["id"]), str(r["address"]), str(r["customer"]),
+        ",".join(f.replace("_", "-") for f in flags if r[f]) or "-",
+        str(r["in_dialplan"] or "-"), str(r["out_dialplan"] or "-")])
 
 
 # -- domains ------------------------------------------------------------------------------
@@ -249,14 +239,18 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
     except DataDirError as exc:
         return fail(str(exc))
     rows = [{"domain": d.domain, "aliases": list(d.aliases)} for d in domains]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print_table(["DOMAIN", "ALIASES"], [
-        [str(r["domain"]) + (" (the server's default domain)" if r["domain"] == LOCAL_DOMAIN else ""),
-         ", ".join(r["aliases"]) or "-"]
-        for r in rows
-    ])
+    return print_listing(rows, args.json, ["DOMAIN", "ALIASES"], lambda r: [
+        str(r["domain"]) + (" (the server's default domain)" if r["domain"] == LOCAL_DOMAIN else ""),
+        ", ".join(r["aliases"]) or "-"])
+
+
+def print_listing(items: list[dict[str, Any]], as_json: bool, header: list[str],
+                  cells: Callable[[dict[str, Any]], list[str]]) -> int:
+    """What every list command prints: ``items`` as JSON, or a table of ``cells(item)``."""
+    if as_json:
+        print(json.dumps(items, indent=2))
+    else:
+        print_table(header, [cells(item) for item in items])
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import trio
 
 from engine.cli_admin import fail as _fail
-from engine.cli_admin import print_table
+from engine.cli_admin import print_listing
 from engine.storage import (
     DEFAULT_DATA_DIR,
     LOCAL_DOMAIN,
@@ -191,6 +191,26 @@ def _no_customer(name: str) -> int:
                  f"'dialspell customer add {name} --password ...', or see 'dialspell customer list'")
 
 
+def _listed_rows(args: argparse.Namespace, select: str, alias: str, order: str) -> list[tuple[Any, ...]] | int:
+    """The rows of ``select`` (whose table is named ``alias``), only those of
+    ``--customer`` when given, in ``order``; or the exit code of a failure."""
+    try:
+        store = Store.open(args.data_dir)
+        try:
+            where = ""
+            params: tuple[int, ...] = ()
+            if args.customer is not None:
+                customer_id = _customer_id(store, args.customer)
+                if customer_id is None:
+                    return _no_customer(args.customer)
+                where, params = f" WHERE {alias}.customer_id = ?", (customer_id,)
+            return store.query_all(select + where + order, params)
+        finally:
+            store.close()
+    except DataDirError as exc:
+        return _fail(str(exc))
+
+
 # -- dialplans ------------------------------------------------------------------------------
 
 
@@ -237,46 +257,28 @@ def cmd_dialplan_add(args: argparse.Namespace) -> int:
 
 
 def cmd_dialplan_list(args: argparse.Namespace) -> int:
-    try:
-        store = Store.open(args.data_dir)
-        try:
-            where = ""
-            params: tuple[int, ...] = ()
-            if args.customer is not None:
-                customer_id = _customer_id(store, args.customer)
-                if customer_id is None:
-                    return _no_customer(args.customer)
-                where, params = " WHERE d.customer_id = ?", (customer_id,)
-            rows = store.query_all(
-                "SELECT c.name, d.name, length(d.source), d.trace_email, d.updated, "
-                "(SELECT group_concat(a.user || '@' || a.domain || ':' || "
-                "  CASE WHEN a.in_dialplan = d.name AND a.out_dialplan = d.name THEN 'in+out' "
-                "       WHEN a.in_dialplan = d.name THEN 'in' ELSE 'out' END, ' ') "
-                " FROM sip_accounts a WHERE a.customer_id = d.customer_id "
-                " AND (a.in_dialplan = d.name OR a.out_dialplan = d.name)) "
-                "FROM dialplans d JOIN customers c ON c.id = d.customer_id" + where +
-                " ORDER BY c.name, d.name",
-                params,
-            )
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return _fail(str(exc))
+    rows = _listed_rows(
+        args,
+        "SELECT c.name, d.name, length(d.source), d.trace_email, d.updated, "
+        "(SELECT group_concat(a.user || '@' || a.domain || ':' || "
+        "  CASE WHEN a.in_dialplan = d.name AND a.out_dialplan = d.name THEN 'in+out' "
+        "       WHEN a.in_dialplan = d.name THEN 'in' ELSE 'out' END, ' ') "
+        " FROM sip_accounts a WHERE a.customer_id = d.customer_id "
+        " AND (a.in_dialplan = d.name OR a.out_dialplan = d.name)) "
+        "FROM dialplans d JOIN customers c ON c.id = d.customer_id",
+        "d", " ORDER BY c.name, d.name",
+    )
+    if isinstance(rows, int):
+        return rows
     items = [
         {"customer": r[0], "name": r[1], "size": r[2], "trace_email": r[3], "updated": r[4],
          "used_by": str(r[5]).split() if r[5] else []}
         for r in rows
     ]
-    if args.json:
-        print(json.dumps(items, indent=2))
-        return 0
-    print_table(["CUSTOMER", "NAME", "SIZE", "TRACE-EMAIL", "UPDATED", "USED BY"], [
-        [str(i["customer"]), str(i["name"]), str(i["size"]), str(i["trace_email"] or "-"),
-         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(i["updated"]))),
-         ", ".join(i["used_by"]) or "-"]
-        for i in items
-    ])
-    return 0
+    return print_listing(items, args.json, ["CUSTOMER", "NAME", "SIZE", "TRACE-EMAIL", "UPDATED", "USED BY"],
+                         lambda i: [str(i["customer"]), str(i["name"]), str(i["size"]), str(i["trace_email"] or "-"),
+                                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(i["updated"]))),
+                                    ", ".join(i["used_by"]) or "-"])
 
 
 # -- account set ----------------------------------------------------------------------------
@@ -395,27 +397,15 @@ def cmd_provider_add(args: argparse.Namespace) -> int:
 
 
 def cmd_provider_list(args: argparse.Namespace) -> int:
-    try:
-        store = Store.open(args.data_dir)
-        try:
-            where = ""
-            params: tuple[int, ...] = ()
-            if args.customer is not None:
-                customer_id = _customer_id(store, args.customer)
-                if customer_id is None:
-                    return _no_customer(args.customer)
-                where, params = " WHERE p.customer_id = ?", (customer_id,)
-            rows = store.query_all(
-                "SELECT p.id, c.name, p.name, p.server, p.username, p.password IS NOT NULL "
-                "AND p.password != '', p.from_user, p.from_host, p.outbound_proxy, p.headers "
-                "FROM providers p JOIN customers c ON c.id = p.customer_id" + where +
-                " ORDER BY c.name, p.name",
-                params,
-            )
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return _fail(str(exc))
+    rows = _listed_rows(
+        args,
+        "SELECT p.id, c.name, p.name, p.server, p.username, p.password IS NOT NULL "
+        "AND p.password != '', p.from_user, p.from_host, p.outbound_proxy, p.headers "
+        "FROM providers p JOIN customers c ON c.id = p.customer_id",
+        "p", " ORDER BY c.name, p.name",
+    )
+    if isinstance(rows, int):
+        return rows
     items = []
     for r in rows:
         try:
@@ -427,16 +417,10 @@ def cmd_provider_list(args: argparse.Namespace) -> int:
             "has_password": bool(r[5]), "from_user": r[6], "from_host": r[7],
             "outbound_proxy": r[8], "headers": headers,
         })
-    if args.json:
-        print(json.dumps(items, indent=2))
-        return 0
-    print_table(["ID", "CUSTOMER", "NAME", "SERVER", "USERNAME", "FROM", "PROXY", "HEADERS"], [
-        [str(i["id"]), str(i["customer"]), str(i["name"]), str(i["server"]),
-         str(i["username"] or "-") + (" (password set)" if i["has_password"] else ""),
-         f"{i['from_user'] or '*'}@{i['from_host'] or '*'}"
-         if i["from_user"] or i["from_host"] else "-",
-         str(i["outbound_proxy"] or "-"), "; ".join(i["headers"]) or "-"]
-        for i in items
-    ])
-    return 0
+    return print_listing(items, args.json, ["ID", "CUSTOMER", "NAME", "SERVER", "USERNAME", "FROM", "PROXY", "HEADERS"],
+                         lambda i: [str(i["id"]), str(i["customer"]), str(i["name"]), str(i["server"]),
+                                    str(i["username"] or "-") + (" (password set)" if i["has_password"] else ""),
+                                    f"{i['from_user'] or '*'}@{i['from_host'] or '*'}"
+                                    if i["from_user"] or i["from_host"] else "-",
+                                    str(i["outbound_proxy"] or "-"), "; ".join(i["headers"]) or "-"])
 
