@@ -245,10 +245,14 @@ class Store:
         self._directory: Directory | None = None
         self._checked_at = float("-inf")
         self._data_version = -1
-        # cached_read: the change counters as last read, and per counter the values
+        # cached_read: the change counters as last read, when SQLite was last asked,
+        # the counters this process's last write left, and per counter the values
         # computed while it had that value.
         self._cache_data_version = -1
+        self._cache_checked_at = float("-inf")
         self._versions: dict[str, int] = {}
+        self._committed_versions: dict[str, int] = {}
+        self._adopted_versions: dict[str, int] = self._committed_versions
         self._cached: dict[str, tuple[int, dict[Hashable, Any]]] = {}
         self._batches = 0
         self._jobs = 0
@@ -316,10 +320,18 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                # The change counters as this transaction leaves them: cached_read
+                # takes them from here, so this process's own writes are seen at once
+                # without the reader asking SQLite.
+                versions = _versions(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if versions is not None:
+                # Assigned after the commit, so a reader that sees these counters also
+                # sees the rows they count.  (One assignment: safe across threads.)
+                self._committed_versions = versions
 
     def _migrate(self) -> None:
         with self._transaction() as conn:
@@ -551,15 +563,27 @@ class Store:
         """``load()`` (a read of the tables behind the change counter ``counter``), from
         memory while those tables have not changed.
 
-        Each call asks SQLite whether any connection committed since the last call
-        (``PRAGMA data_version``, no I/O) and only then re-reads the counters, so a
-        change by this process or another one is seen by the next read.  For the owning
+        A write by this process (any connection of this store) is seen by the next
+        read: each write transaction leaves the counters it committed.  A write by
+        another process (the ``dialspell`` CLI) is seen within
+        :data:`DIRECTORY_RECHECK` seconds, like the directory's: at most that often the
+        read asks SQLite whether any connection committed (``PRAGMA data_version``, no
+        I/O) and only then re-reads the counters.  Asking on every read cost a query per
+        call, since the server's own call records commit all the time.  For the owning
         thread only, like the other reads."""
-        read = self._read
-        data_version = read.execute("PRAGMA data_version").fetchone()[0]
-        if data_version != self._cache_data_version:
-            self._cache_data_version = data_version
-            self._versions = dict(read.execute("SELECT name, value FROM versions").fetchall())
+        committed = self._committed_versions
+        if committed is not self._adopted_versions:
+            self._adopted_versions = committed
+            self._versions = {**self._versions,
+                              **{k: max(v, self._versions.get(k, v)) for k, v in committed.items()}}
+        now = time.monotonic()
+        if not 0 <= now - self._cache_checked_at < DIRECTORY_RECHECK:
+            self._cache_checked_at = now
+            read = self._read
+            data_version = read.execute("PRAGMA data_version").fetchone()[0]
+            if data_version != self._cache_data_version:
+                self._cache_data_version = data_version
+                self._versions = dict(read.execute("SELECT name, value FROM versions").fetchall())
         version = self._versions[counter]
         entry = self._cached.get(counter)
         if entry is None or entry[0] != version:
@@ -754,6 +778,14 @@ class Store:
         """Writer figures: batches committed and jobs in them (jobs/batches is the mean
         group-commit size)."""
         return {"batches": self._batches, "jobs": self._jobs}
+
+
+def _versions(conn: sqlite3.Connection) -> dict[str, int] | None:
+    """The change counters, or None before the migration that creates them."""
+    try:
+        return dict(conn.execute("SELECT name, value FROM versions").fetchall())
+    except sqlite3.OperationalError:
+        return None
 
 
 _UPSERT_BINDING = (

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import trio.testing
 
 from engine.schema import MIGRATIONS
 from engine.storage import (
+    DIRECTORY_RECHECK,
     LOCAL_DOMAIN,
     Binding,
     ConflictError,
@@ -124,7 +126,7 @@ def test_directory_notices_another_process_adding_an_account(tmp_path: Path) -> 
     assert server_side.is_served_domain("SIP.example.com")
 
 
-def test_cached_reads_come_from_memory_until_any_connection_changes_their_tables(tmp_path: Path) -> None:
+def test_cached_reads_see_own_writes_at_once_and_another_process_within_the_recheck(tmp_path: Path) -> None:
     server_side, _ = seeded(tmp_path)
     customer = server_side.customer_by_name("acme")
     assert customer is not None
@@ -137,13 +139,22 @@ def test_cached_reads_come_from_memory_until_any_connection_changes_their_tables
     assert server_side.cached_read("dialplans", (customer.id, "out"), source) is None
     assert server_side.cached_read("dialplans", (customer.id, "out"), source) is None
     assert loads == ["read"]
-    cli_side = Store.open(tmp_path / "data")  # e.g. `dialspell dialplan put` meanwhile
-    cli_side.put_dialplan(customer.id, "out", "sys.Log('v1')", now=2.0)
-    assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v1')"
-    # A write to other tables (a binding, a CDR) leaves the cached value in place.
-    cli_side.add_domain("example.com", [], now=3.0)
+    # This process's own write (the web API's upload) is seen by the very next read.
+    server_side.put_dialplan(customer.id, "out", "sys.Log('v1')", now=2.0)
     assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v1')"
     assert loads == ["read", "read"]
+    # Another process's write (`dialspell dialplan put` meanwhile) within the recheck.
+    cli_side = Store.open(tmp_path / "data")
+    cli_side.put_dialplan(customer.id, "out", "sys.Log('v2')", now=3.0)
+    time.sleep(DIRECTORY_RECHECK * 1.5)
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v2')"
+    # Writes to other tables (a domain, and call records all the time) leave the
+    # cached value in place, from this process or another.
+    cli_side.add_domain("example.com", [], now=4.0)
+    server_side.add_domain("example.net", [], now=4.0)
+    time.sleep(DIRECTORY_RECHECK * 1.5)
+    assert server_side.cached_read("dialplans", (customer.id, "out"), source) == "sys.Log('v2')"
+    assert loads == ["read", "read", "read"]
 
 
 def test_binding_writes_do_not_reload_the_directory(tmp_path: Path) -> None:
