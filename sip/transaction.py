@@ -397,6 +397,15 @@ class RequestReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TryingDue:
+    """Follows the RequestReceived of a new INVITE, once the TU has seen it: carry it out
+    with :meth:`TransactionLayer.trying`, which sends 100 (Trying) unless the TU has
+    answered in the meantime (a challenge or a refusal decided at once needs none)."""
+
+    transaction: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
 class CancelReceived:
     """A CANCEL matched a live INVITE server transaction (9.2, 17.2.3).
 
@@ -450,7 +459,7 @@ class Terminated:
 
 
 Action = (
-    Send | RequestReceived | CancelReceived | AckReceived | ResponseReceived | StrayResponse
+    Send | RequestReceived | TryingDue | CancelReceived | AckReceived | ResponseReceived | StrayResponse
     | TimedOut | Terminated
 )
 
@@ -576,6 +585,15 @@ class TransactionLayer:
             logger.info("Dropping an unmatchable message from %s:%s: %s",
                         source[0], source[1], exc)
             return []
+        return out
+
+    def trying(self, transaction: ServerTransaction, now: float) -> list[Action]:
+        """Carry out a :class:`TryingDue`: send 100 (Trying) for the INVITE unless its
+        transaction has sent a response already."""
+        self._now = now
+        out: list[Action] = []
+        if transaction.last_response is None and transaction.state is S.PROCEEDING:
+            self._fire(transaction, Stimulus.TU_1XX, make_response(transaction.request, 100), now, out)
         return out
 
     def respond(self, transaction: ServerTransaction, response: Response, now: float) -> list[Action]:
@@ -710,12 +728,14 @@ class TransactionLayer:
         )
         self._servers[key] = tx
         if is_invite:
+            out.append(RequestReceived(tx, request))
             if self._send_trying:
                 # 17.2.1: "If the TU will not respond within 200 ms, the server transaction
-                # SHOULD send a 100 (Trying)"; sending it at once also stops the client's
-                # Timer A retransmissions early.  It is what a retransmitted INVITE gets.
-                self._fire(tx, Stimulus.TU_1XX, make_response(request, 100), now, out)
-            out.append(RequestReceived(tx, request))
+                # SHOULD send a 100 (Trying)".  It goes as soon as the TU has seen the
+                # INVITE without answering (see trying()); sent at once, it also stops
+                # the client's Timer A retransmissions early, and it is what a
+                # retransmitted INVITE gets.
+                out.append(TryingDue(tx))
         elif method == "CANCEL":
             # 9.2: the CANCEL matches the transaction it cancels by the 17.2.3 rules
             # "but the method of the request is ignored" - here: it names an INVITE.

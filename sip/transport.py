@@ -29,7 +29,7 @@ import trio
 from sip.errors import SIPParseError
 from sip.message import Request, Response
 from sip.parse import StreamFramer, parse_message_untrusted
-from sip.transaction import Action, Address, Send, TransactionLayer
+from sip.transaction import Action, Address, Send, TransactionLayer, TryingDue
 from sip.validate import parse_error_response
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,9 @@ class SIPEndpoint:
         for action in actions:
             if type(action) is Send:
                 self.send_message(action.message, action.destination, action.transport)
+            elif type(action) is TryingDue:
+                # The handler has seen the INVITE (the action before this one).
+                self.perform(self.layer.trying(action.transaction, trio.current_time()))
             else:
                 try:
                     self.handler(action)

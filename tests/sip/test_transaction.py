@@ -23,6 +23,7 @@ from sip.transaction import (
     TimedOut,
     TransactionLayer,
     TransactionState,
+    TryingDue,
 )
 from sip.uri import URI
 
@@ -87,9 +88,14 @@ def retransmit_times(fired: list[tuple[float, list[Action]]], method: str) -> li
 def new_server_tx(
     layer: TransactionLayer, request: Request, transport: str = "UDP", now: float = 0.0
 ) -> ServerTransaction:
+    """The request's new server transaction, after what the shell does with the actions
+    (a new INVITE's 100 Trying included)."""
     actions = layer.receive(request, PEER, transport, now)
     received = [a for a in actions if isinstance(a, RequestReceived)]
     assert len(received) == 1
+    for action in actions:
+        if isinstance(action, TryingDue):
+            layer.trying(action.transaction, now)
     return received[0].transaction
 
 
@@ -287,21 +293,37 @@ def test_non_invite_client_over_tcp_terminates_on_the_final_response() -> None:
 # -- INVITE server (17.2.1, RFC 6026) -----------------------------------------------------
 
 
-def test_new_invite_gets_100_trying_at_once() -> None:
+def test_new_invite_gets_100_trying_once_the_tu_has_seen_it() -> None:
     layer = TransactionLayer()
     invite = make_request("INVITE")
 
     actions = layer.receive(invite, PEER, "UDP", 0.0)
 
-    assert kinds(actions) == ["Send", "RequestReceived"]
-    trying = sends(actions)[0]
-    assert isinstance(trying.message, Response) and trying.message.status == 100
-    assert trying.message.to.tag is None  # 8.2.6.1: never a To tag on a 100
-    assert trying.destination == PEER
-    tx = actions[1].transaction  # type: ignore[union-attr]
-    assert isinstance(tx, ServerTransaction)
-    assert state(tx) is TransactionState.PROCEEDING and tx.last_response == trying.message
+    assert kinds(actions) == ["RequestReceived", "TryingDue"]
+    tx = actions[0].transaction  # type: ignore[union-attr]
+    assert isinstance(tx, ServerTransaction) and actions[1] == TryingDue(tx)
     assert tx.source == PEER and tx.transport == "UDP" and tx.request == invite
+    trying = layer.trying(tx, 0.0)
+    assert kinds(trying) == ["Send"]
+    sent = sends(trying)[0]
+    assert isinstance(sent.message, Response) and sent.message.status == 100
+    assert sent.message.to.tag is None  # 8.2.6.1: never a To tag on a 100
+    assert sent.destination == PEER
+    assert state(tx) is TransactionState.PROCEEDING and tx.last_response == sent.message
+    assert layer.trying(tx, 0.0) == []  # once
+
+
+def test_an_invite_the_tu_answers_at_once_gets_no_100() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    actions = layer.receive(invite, PEER, "UDP", 0.0)
+    tx = actions[0].transaction  # type: ignore[union-attr]
+    assert isinstance(tx, ServerTransaction)
+    challenge = make_response(invite, 407, to_tag="me")
+
+    assert layer.respond(tx, challenge, 0.0) == [Send(challenge, PEER, "UDP")]
+    assert layer.trying(tx, 0.0) == []
+    assert layer.receive(invite, PEER, "UDP", 0.2) == [Send(challenge, PEER, "UDP")]
 
 
 def test_send_trying_can_be_left_to_the_tu() -> None:

@@ -223,6 +223,7 @@ def test_requests_without_a_branch_match_on_the_rfc_2543_fields() -> None:
     layer = TransactionLayer()
     invite = make_request("INVITE", branch=None)
     tx = only_request_received(layer.receive(invite, PEER, "UDP", 0.0))
+    layer.trying(tx, 0.0)
 
     retransmission = layer.receive(make_request("INVITE", branch=None), PEER, "UDP", 0.5)
     next_cseq = layer.receive(make_request("INVITE", branch=None, cseq=2), PEER, "UDP", 0.5)
