@@ -144,7 +144,6 @@ class Server:
             await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
             self.calls.attach(self.endpoint, nursery)
-            self.records.attach(nursery)
             self.sip_address = await nursery.start(self.endpoint.serve)
             # The affinity record names this server by the address it really bound.
             if self.callbacks.affinity is not None:
@@ -183,7 +182,27 @@ class Server:
             )
             binds = await nursery.start(_serve_http, app, http)
             self.http_address = binds[0] if binds else None
+            tune_collector()
             task_status.started(self)
+
+
+def tune_collector() -> None:
+    """Set the process's garbage collector for serving; called once a server is up.
+
+    Everything built so far lives as long as the server: it is kept out of the
+    collector's way.  What a call or a registration leaves behind for the 32 s its
+    transactions linger is kept as bytes and tuples the collector does not visit, so
+    young collections find little to keep, and full collections (which walk everything)
+    are made rare.  Measured for 30 s at 400 calls/s (bench/calls): Python's default
+    thresholds ran 13 full collections of up to 111 ms; these ran none, young ones of at
+    most 5 ms and middle ones of at most 12 ms (p99 INVITE->180 20 ms).  A young
+    threshold of 50,000 made young collections of up to 36 ms; 2,000 cost registrations
+    7 % of their rate at 2,000/s (bench/register).  A server run inside another program
+    (the tests, ``dialspell demo``) gets the same: with the defaults, a full collection
+    of the host's objects once stalled calls for over 100 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5_000, 10, 100)
 
 
 async def _serve_http(app: object, config: HypercornConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -196,19 +215,6 @@ async def serve_forever(config: ServerConfig, *, ready_message: bool = True) -> 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            # Everything built so far lives as long as the server: keep it out of the
-            # collector's way.  What a call or a registration leaves behind for the 32 s
-            # its transactions linger is kept as bytes and tuples the collector does not
-            # visit, so young collections find little to keep, and full collections
-            # (which walk everything) are made rare.  Measured for 30 s at 400 calls/s
-            # (bench/calls): Python's default thresholds ran 13 full collections of up
-            # to 111 ms; these ran none, young ones of at most 5 ms and middle ones of
-            # at most 12 ms (p99 INVITE->180 20 ms).  A young threshold of 50,000 made
-            # young collections of up to 36 ms; 2,000 cost registrations 7 % of their
-            # rate at 2,000/s (bench/register).
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(5_000, 10, 100)
             if ready_message:
                 assert server.sip_address is not None
                 host, port = server.sip_address

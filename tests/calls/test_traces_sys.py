@@ -75,9 +75,10 @@ async def test_trace_mail_lands_in_the_outbox_without_smtp(tmp_path: Path) -> No
             assert (await carol.final(call)).status == 480
         outbox = server.config.data_dir / "outbox"
         with trio.fail_after(10):
-            while not list(outbox.glob("*")):  # noqa: ASYNC110 - a file another task writes
+            # (*.eml: a message is written under a hidden temporary name, then renamed.)
+            while not list(outbox.glob("*.eml")):  # noqa: ASYNC110 - a file another task writes
                 await trio.sleep(0.05)
-        mail = email.message_from_bytes(next(outbox.glob("*")).read_bytes())
+        mail = email.message_from_bytes(next(outbox.glob("*.eml")).read_bytes())
         assert mail["To"] == "owner@example.com"
         assert "DialPlan=> to the outbox" in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
 
