@@ -251,6 +251,9 @@ class CallEngine:
             self.calls.discard(call)
             if leg.final_status is None:
                 leg.reject(487 if leg.cancelled.is_set() else 500)
+            # The caller's record, unless a bridge holds it (then the bridge's end
+            # writes it).
+            self.runner.records.call_finished(call, self.wall_clock())
             # The INVITE's transaction lingers for 32 s (Timer H/L) to absorb
             # retransmissions; it must not keep the whole call alive that long.
             tx.context = None

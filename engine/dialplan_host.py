@@ -164,12 +164,7 @@ class DialplanRunner:
             else:
                 self.executions_by_customer.pop(account.customer_id, None)
             self._finish(call, host, result)
-            # The trace is stored and mailed by a task of the server, not of this call:
-            # the caller's CANCEL must not lose it, and a server shutting down must not
-            # wait for it (a shielded write would wait forever once the store's writer
-            # has stopped).
-            assert self.engine.nursery is not None
-            self.engine.nursery.start_soon(self._store_trace, call, host, name, trace_email, result)
+            self._store_trace(call, host, name, trace_email, result)
 
     def _finish(self, call: Call, host: DialplanHost, result: ExecutionResult | None) -> None:
         leg = call.leg
@@ -193,9 +188,12 @@ class DialplanRunner:
         else:
             leg.reject(480, "Temporarily Unavailable")
 
-    async def _store_trace(
+    def _store_trace(
         self, call: Call, host: DialplanHost, name: str, email: str | None, result: ExecutionResult | None
     ) -> None:
+        """Queue the run's trace for storage and, if the dialplan names an address, mail
+        it from a task of the server, not of this call: the caller's CANCEL must not
+        lose it, and a server shutting down must not wait for it."""
         if result is not None:
             for line in result.log:
                 if line not in host.logged:
@@ -205,17 +203,18 @@ class DialplanRunner:
         host.trace_line(f"Dialplan trace completed at {_stamp(self.wall_clock())}.")
         assert call.account is not None
         enabled = result.trace_enabled if result is not None else True
-        trace_id = await self.records.save_trace(call, name, host.trace, self.wall_clock())
+        trace_id = self.records.save_trace(call, name, host.trace, self.wall_clock())
         if email and enabled and self.mailer is not None:
-            try:
-                await self.mailer.send(
-                    [email],
-                    f"dialspell trace for {name} ({call.leg.request.call_id})",
-                    "\n".join(host.trace),
-                    limits=MailLimits(max_body=TRACE_MAIL_MAX),
-                )
-            except Exception:
-                log.exception("trace %s could not be mailed", trace_id)
+            assert self.engine is not None and self.engine.nursery is not None
+            subject = f"dialspell trace for {name} ({call.leg.request.call_id})"
+            self.engine.nursery.start_soon(self._mail_trace, trace_id, email, subject, "\n".join(host.trace))
+
+    async def _mail_trace(self, trace_id: str, email: str, subject: str, text: str) -> None:
+        assert self.mailer is not None
+        try:
+            await self.mailer.send([email], subject, text, limits=MailLimits(max_body=TRACE_MAIL_MAX))
+        except Exception:
+            log.exception("trace %s could not be mailed", trace_id)
 
     async def _direct(self, call: Call, dialstring: str, *, account_only: bool = False) -> None:
         """Route without a dialplan: Dial ``dialstring`` and answer with the outcome."""

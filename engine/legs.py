@@ -162,6 +162,7 @@ class OutboundLeg:
         self.transaction: ClientTransaction | None = None
         self.final: Response | None = None
         self.final_event = trio.Event()
+        self._on_final: list[Callable[[Response], None]] = []
         self.dialog: Dialog | None = None
         self.cancel_requested = False
         self.provisional: Response | None = None
@@ -214,21 +215,21 @@ class OutboundLeg:
                 self._send(retry)
                 return
         if 200 <= status < 300:
-            self._acknowledge(response)
             if self.final is not None:
+                self._acknowledge(response)
                 return  # a retransmitted 2xx (Accepted state passes each up)
             self.answered_at = trio.current_time()
             self.dialog = Dialog.as_uac(
                 self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
             )
+            self._acknowledge(response)
             if self.cancel_requested:
                 # Our CANCEL crossed the callee's 2xx (RFC 3261 9.1: the CANCEL then has
                 # no effect and the call is up).  Nobody wants this leg any more and no
                 # one waits on it once cancelled, so end the dialog here (15: BYE).
                 self.hangup(CANCELLED_REASON)
         if self.final is None:
-            self.final = response
-            self.final_event.set()
+            self._set_final(response)
         if status >= 300:
             self.release()  # 3xx-6xx: nothing more comes up from this transaction
 
@@ -237,8 +238,7 @@ class OutboundLeg:
             return
         if self.final is None:
             # 8.1.3.1: a transaction timeout is treated as a 408.
-            self.final = make_response(self.request, 408, "No answer from the destination")
-            self.final_event.set()
+            self._set_final(make_response(self.request, 408, "No answer from the destination"))
 
     def _try_next_target(self) -> bool:
         """RFC 3263 4.3: after a 503 or a timeout with no response at all, the request
@@ -258,8 +258,22 @@ class OutboundLeg:
 
     def on_transport_error(self, reason: str) -> None:
         if self.final is None:
-            self.final = make_response(self.request, 503, reason)
-            self.final_event.set()
+            self._set_final(make_response(self.request, 503, reason))
+
+    def _set_final(self, response: Response) -> None:
+        self.final = response
+        self.final_event.set()
+        callbacks, self._on_final = self._on_final, []
+        for callback in callbacks:
+            callback(response)
+
+    def when_final(self, callback: Callable[[Response], None]) -> None:
+        """Call ``callback(final response)`` once it is known (at once if it is); a
+        timeout arrives as a synthesized 408.  For bookkeeping that needs no task."""
+        if self.final is not None:
+            callback(self.final)
+        else:
+            self._on_final.append(callback)
 
     def _contact(self) -> str:
         return self.request.headers.get("Contact") or ""

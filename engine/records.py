@@ -15,14 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import trio
-
 from engine.storage import Store
 
 if TYPE_CHECKING:
     from engine.bridge import Bridge
     from engine.calls import Call
     from engine.legs import OutboundLeg
+    from sip.message import Response
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,6 @@ class CallRecords:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._open: dict[int, list[tuple[object, _CDR]]] = {}  # id(call) -> leg records
-        self._nursery: trio.Nursery | None = None
-
-    def attach(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
 
     # -- reads --------------------------------------------------------------------------
     # Both are read for every call: from memory until the tables change.
@@ -166,15 +161,16 @@ class CallRecords:
         return [str(r[0]) for r in self.store.query_all("SELECT key FROM kv WHERE customer_id = ? ORDER BY key", (customer_id,))]
 
     # -- traces -------------------------------------------------------------------------------
-    async def save_trace(self, call: Call, dialplan: str, lines: list[str], now: float) -> str:
+    def save_trace(self, call: Call, dialplan: str, lines: list[str], now: float) -> str:
+        """Queue the trace of one dialplan run for storage; returns its id."""
         trace_id = uuid.uuid4().hex
         owner = call.account.customer_id if call.account is not None else None
-        text = "\n".join(lines)
-        await self.store.write(
+        row = (trace_id, owner, call.leg.request.call_id, dialplan, now, "\n".join(lines))
+        self.store.write_soon(
             lambda conn: conn.execute(
-                "INSERT INTO traces (id, customer_id, call_id, dialplan, created, text) VALUES (?, ?, ?, ?, ?, ?)",
-                (trace_id, owner, call.leg.request.call_id, dialplan, now, text),
-            )
+                "INSERT INTO traces (id, customer_id, call_id, dialplan, created, text) VALUES (?, ?, ?, ?, ?, ?)", row
+            ),
+            what=f"the trace {trace_id}",
         )
         return trace_id
 
@@ -211,13 +207,9 @@ class CallRecords:
             created=now,
         )
         self._open[id(call)].append((leg, cdr))
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_leg_when_done, call, leg, cdr)
+        leg.when_final(lambda final: self._leg_final(call, leg, cdr, final))
 
-    async def _close_leg_when_done(self, call: Call, leg: OutboundLeg, cdr: _CDR) -> None:
-        final = await leg.wait_final()
-        if final is None:
-            return
+    def _leg_final(self, call: Call, leg: OutboundLeg, cdr: _CDR, final: Response) -> None:
         cdr.status = final.status
         cdr.reason = final.reason
         cdr.progress_at = _wall(leg.progress_at, leg.started_at, cdr.created)
@@ -228,11 +220,11 @@ class CallRecords:
             # A 2xx that crossed our CANCEL: the leg hung itself up at once.
             cdr.hungup_at = cdr.answered_at
             cdr.hangup_reason = "Answered after the call was cancelled (server)"
-            await self._write([cdr])
+            self._write([cdr])
             self._forget(call, leg)
             return
         cdr.hungup_at = cdr.created if cdr.answered_at is None else cdr.answered_at
-        await self._write([cdr])
+        self._write([cdr])
         self._forget(call, leg)
 
     def leg_hung_up(self, call: Call, leg: OutboundLeg, reason: str, now: float) -> None:
@@ -244,8 +236,7 @@ class CallRecords:
                 cdr.hungup_at = now
                 cdr.hangup_reason = reason
                 self._forget(call, leg)
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._write, [cdr])
+                self._write([cdr])
                 return
 
     def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
@@ -263,26 +254,29 @@ class CallRecords:
         for cdr in records:
             cdr.hungup_at = now
             cdr.hangup_reason = reason if by in reason else f"{reason} ({by})"
-        if self._nursery is not None and records:
-            self._nursery.start_soon(self._write, records)
+        if records:
+            self._write(records)
 
-    async def call_finished(self, call: Call, now: float) -> None:
-        """The caller's transaction is over: write its CDR unless a bridge holds it."""
+    def call_finished(self, call: Call, now: float) -> None:
+        """The caller's INVITE has its final answer and the call's dialplan has ended:
+        write the caller's CDR unless a bridge holds it (bridge_ended writes it)."""
         records = self._open.get(id(call), [])
         caller = next((cdr for owner, cdr in records if owner is call), None)
         if caller is None or caller.bridge_id is not None:
             return
         caller.status = call.leg.final_status
         caller.hungup_at = now
-        await self._write([caller])
-        self._open.pop(id(call), None)
+        self._write([caller])
+        self._forget(call, call)
+        if not self._open.get(id(call)):
+            self._open.pop(id(call), None)
 
     def _forget(self, call: Call, leg: object) -> None:
         records = self._open.get(id(call))
         if records is not None:
             records[:] = [(o, c) for o, c in records if o is not leg]
 
-    async def _write(self, cdrs: list[_CDR]) -> None:
+    def _write(self, cdrs: list[_CDR]) -> None:
         rows = [
             (
                 c.id, c.customer_id, c.bridge_id, c.call_id, c.direction, c.leg, c.from_uri, c.to_uri, c.created,
@@ -290,17 +284,15 @@ class CallRecords:
             )
             for c in cdrs
         ]
-        try:
-            await self.store.write(
-                lambda conn: conn.executemany(
-                    "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, "
-                    "to_uri, created, progress_at, answered_at, hungup_at, status, reason, hangup_reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            )
-        except Exception:
-            log.exception("could not store %d CDRs", len(rows))
+        self.store.write_soon(
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, "
+                "to_uri, created, progress_at, answered_at, hungup_at, status, reason, hangup_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            ),
+            what=f"{len(rows)} call records",
+        )
 
 
 def _wall(mono: float | None, mono_start: float | None, wall_start: float) -> float | None:

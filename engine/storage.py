@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -211,13 +211,27 @@ def check_password(password: str, stored: str) -> bool:
 
 
 class _Job:
-    __slots__ = ("op", "done", "result", "error")
+    """One queued write.  ``done`` is None for a write nobody waits for (write_soon);
+    ``what`` then names it in the log if it fails."""
 
-    def __init__(self, op: Callable[[sqlite3.Connection], Any]) -> None:
+    __slots__ = ("op", "done", "result", "error", "what")
+
+    def __init__(self, op: Callable[[sqlite3.Connection], Any], done: trio.Event | None, what: str = "") -> None:
         self.op = op
-        self.done = trio.Event()
+        self.done = done
         self.result: Any = None
         self.error: BaseException | None = None
+        self.what = what
+
+    def finish(self) -> None:
+        if self.done is not None:
+            self.done.set()
+        elif self.error is not None:
+            logger.error("could not store %s: %s", self.what, self.error)
+
+
+#: Wakes the writer for writes queued by write_soon (carries no work itself).
+_WAKE = _Job(lambda conn: None, None)
 
 
 # -- the store ----------------------------------------------------------------------------
@@ -242,6 +256,7 @@ class Store:
         self._max_batch = max_batch
         self._queue_size = queue_size
         self._send: trio.MemorySendChannel[_Job] | None = None
+        self._soon: list[_Job] = []  # queued by write_soon, taken by the writer
         self._directory: Directory | None = None
         self._checked_at = float("-inf")
         self._data_version = -1
@@ -704,13 +719,31 @@ class Store:
                 "the store's writer is not running: start it with "
                 "`await nursery.start(store.run_writer)`"
             )
-        job = _Job(op)
+        job = _Job(op, trio.Event())
         await send.send(job)
+        assert job.done is not None
         await job.done.wait()
         if job.error is not None:
             raise job.error
         result: T = job.result
         return result
+
+    def write_soon(self, op: Callable[[sqlite3.Connection], object], *, what: str) -> None:
+        """Queue ``op(connection)`` for the writer's next transaction and return at once
+        (for records nobody waits on: call records, traces).  A failure is logged,
+        naming ``what``.  These writes queue without bound rather than wait for room,
+        as their callers cannot wait; they go in the same batches as the others."""
+        if self._send is None:
+            raise StorageError(
+                "the store's writer is not running: start it with "
+                "`await nursery.start(store.run_writer)`"
+            )
+        self._soon.append(_Job(op, None, what))
+        if len(self._soon) == 1:
+            # The first since the writer last took them: make sure it is awake.  If its
+            # queue is full it is busy, and takes these after its current batch.
+            with suppress(trio.WouldBlock):
+                self._send.send_nowait(_WAKE)
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit queued writes in batches until cancelled.
@@ -726,12 +759,22 @@ class Store:
         try:
             async with receive.clone():
                 while True:
-                    batch = [await receive.receive()]
+                    batch = [] if self._soon else [await receive.receive()]
                     while len(batch) < self._max_batch:
                         try:
                             batch.append(receive.receive_nowait())
                         except trio.WouldBlock:
                             break
+                    batch += self._soon
+                    self._soon = []
+                    batch = [job for job in batch if job is not _WAKE]
+                    if not batch:
+                        continue
+                    # What the jobs report if the thread never runs them (the writer
+                    # was cancelled first); _commit_batch clears it.
+                    stopped = StorageError("the store's writer stopped before this write")
+                    for job in batch:
+                        job.error = stopped
                     try:
                         await trio.to_thread.run_sync(self._commit_batch, batch,
                                                       limiter=self._limiter)
@@ -739,22 +782,28 @@ class Store:
                         # Even when cancelled: to_thread waits for the thread, so the
                         # batch did finish (committed or rolled back) before we get here.
                         for job in batch:
-                            job.done.set()
+                            job.finish()
         finally:
             self._send = None
             # Writes still queued when the writer stops are failed, not left waiting
             # forever (their callers may be shielded from the cancellation).
+            left = self._soon
+            self._soon = []
             while True:
                 try:
-                    job = receive.receive_nowait()
+                    left.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                job.error = StorageError("the store's writer stopped before this write")
-                job.done.set()
+            for job in left:
+                if job is not _WAKE:
+                    job.error = StorageError("the store's writer stopped before this write")
+                    job.finish()
             receive.close()
             await send.aclose()
 
     def _commit_batch(self, batch: list[_Job]) -> None:
+        for job in batch:
+            job.error = None
         try:
             with self._transaction() as conn:
                 for job in batch:

@@ -236,3 +236,18 @@ async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_hol
             assert not engine.dialogs and not engine.bridges
             assert len(engine.ended_dialogs) == 2
             assert all(type(part) is str for key in engine.ended_dialogs for part in key)
+
+
+async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call = await alice.invite("bob")
+            incoming = await bob.next_request("INVITE")
+            await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
+            assert (await alice.final(call)).status == 486
+            rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at FROM cdrs ORDER BY leg", 2)
+            assert [(r[0], r[1], r[2]) for r in rows] == [("callee", 486, None), ("caller", 486, None)]
+            assert all(r[3] is not None for r in rows)
+            # Nothing about the finished call is left in memory.
+            assert server.runner.records._open == {}

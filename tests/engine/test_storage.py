@@ -257,6 +257,50 @@ async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_p
     assert isinstance(outcome["result"], StorageError)
 
 
+async def test_write_soon_commits_without_a_waiter_and_logs_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, account_id = seeded(tmp_path)
+    with pytest.raises(StorageError, match="run_writer"):
+        store.write_soon(lambda conn: None, what="nothing")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        for n in range(20):
+            # Several queued at once go in one batch, with awaited writes beside them.
+            store.write_soon(lambda conn, n=n: conn.execute(  # type: ignore[misc]
+                "INSERT INTO kv (customer_id, key, value, updated) VALUES (1, ?, 'v', 0)", (f"k{n}",)),
+                what=f"key {n}")
+        store.write_soon(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"), what="the bad one")
+        await store.save_bindings([binding(account_id, 1)])
+        nursery.cancel_scope.cancel()
+    assert store.query_one("SELECT COUNT(*) FROM kv") == (20,)
+    assert store.statistics()["batches"] <= 2
+    assert "could not store the bad one" in caplog.text
+    assert {b.id for b in store.load_bindings()} == {"b1"}
+
+
+async def test_write_soon_queued_when_the_writer_stops_is_logged_as_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, _ = seeded(tmp_path)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run_writer)
+                outer.start_soon(store.write, slow)
+                await trio.to_thread.run_sync(started.wait, 5)
+                store.write_soon(lambda conn: None, what="the late record")
+                nursery.cancel_scope.cancel()
+                release.set()
+    assert "could not store the late record: the store's writer stopped" in caplog.text
+
+
 async def test_write_without_a_running_writer_says_how_to_start_it(tmp_path: Path) -> None:
     store, account_id = seeded(tmp_path)
     with pytest.raises(Exception, match="run_writer"):
