@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine import storage
 from engine.schema import MIGRATIONS
 from engine.storage import (
     DIRECTORY_RECHECK,
@@ -277,6 +278,24 @@ async def test_write_soon_commits_without_a_waiter_and_logs_a_failure(
     assert store.statistics()["batches"] <= 2
     assert "could not store the bad one" in caplog.text
     assert {b.id for b in store.load_bindings()} == {"b1"}
+
+
+async def test_records_nobody_waits_for_gather_until_a_waited_write_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "GATHER_SECONDS", 30.0)
+    store, account_id = seeded(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        store.write_soon(lambda conn: conn.execute(
+            "INSERT INTO kv (customer_id, key, value, updated) VALUES (1, 'k', 'v', 0)"), what="a record")
+        await trio.sleep(0.3)
+        assert store.query_one("SELECT COUNT(*) FROM kv") == (0,)  # held for company
+        with trio.fail_after(2):  # a waited write is not held: it takes the record along
+            await store.save_bindings([binding(account_id, 1)])
+        nursery.cancel_scope.cancel()
+    assert store.query_one("SELECT COUNT(*) FROM kv") == (1,)
+    assert store.statistics() == {"batches": 1, "jobs": 2}
 
 
 async def test_write_soon_queued_when_the_writer_stops_is_logged_as_lost(
