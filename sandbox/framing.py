@@ -63,9 +63,13 @@ CALL_NAMES: frozenset[str] = frozenset(
 """Every sys method that needs the host.  A worker asking for anything else is broken."""
 
 
+# Built once: json.dumps/json.loads given options build a new encoder/decoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_frame(message: dict[str, object]) -> bytes:
     """One frame: length prefix + compact JSON."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _ENCODER.encode(message).encode()
     return HEADER.pack(len(body)) + body
 
 
@@ -160,10 +164,13 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"non-finite number {name}")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_worker_frame_untrusted(payload: bytes) -> WorkerFrame:
     """Decode and validate one frame from a worker; raise only WorkerProtocolError."""
     try:
-        message = json.loads(payload, parse_constant=_reject_constant)
+        message = _DECODER.decode(payload.decode("utf-8"))
     except (ValueError, RecursionError, MemoryError) as exc:
         # UnicodeDecodeError and JSONDecodeError are ValueErrors; a deeply nested
         # document is a RecursionError in the C scanner.
