@@ -225,7 +225,9 @@ async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
     assert {b.id for b in store.load_bindings()} == {"b1", "b2"}
 
 
-async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_path: Path) -> None:
+async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store, account_id = seeded(tmp_path)
     started, release = threading.Event(), threading.Event()
     outcome: dict[str, object] = {}
@@ -252,10 +254,12 @@ async def test_writes_queued_when_the_writer_stops_fail_instead_of_waiting(tmp_p
                 outer.start_soon(store.write, slow)
                 await trio.to_thread.run_sync(started.wait, 5)
                 outer.start_soon(shielded_write)
+                store.write_soon(lambda conn: None, what="the late record")  # nobody waits: logged
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.cancel_scope.cancel()
                 release.set()
     assert isinstance(outcome["result"], StorageError)
+    assert "could not store the late record: the store's writer stopped" in caplog.text
 
 
 async def test_write_soon_commits_without_a_waiter_and_logs_a_failure(
@@ -296,28 +300,6 @@ async def test_records_nobody_waits_for_gather_until_a_waited_write_comes(
         nursery.cancel_scope.cancel()
     assert store.query_one("SELECT COUNT(*) FROM kv") == (1,)
     assert store.statistics() == {"batches": 1, "jobs": 2}
-
-
-async def test_write_soon_queued_when_the_writer_stops_is_logged_as_lost(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    store, _ = seeded(tmp_path)
-    started, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> None:
-        started.set()
-        release.wait(5)
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(store.run_writer)
-                outer.start_soon(store.write, slow)
-                await trio.to_thread.run_sync(started.wait, 5)
-                store.write_soon(lambda conn: None, what="the late record")
-                nursery.cancel_scope.cancel()
-                release.set()
-    assert "could not store the late record: the store's writer stopped" in caplog.text
 
 
 async def test_write_without_a_running_writer_says_how_to_start_it(tmp_path: Path) -> None:
