@@ -31,7 +31,7 @@ from engine.auth import Authenticator, AuthOutcome
 from engine.bridge import Bridge, Side
 from engine.config import ServerConfig
 from engine.events import Event, EventBus
-from engine.legs import InboundLeg, OutboundLeg, advertised
+from engine.legs import AnswerRetransmitter, InboundLeg, OutboundLeg, advertised
 from engine.registrar import Registrar
 from engine.storage import Account, Store
 from sip.errors import SIPParseError
@@ -108,6 +108,9 @@ class CallEngine:
         self.ended_dialogs: set[tuple[str, str, str]] = set()
         self._ended_queue: deque[tuple[float, tuple[tuple[str, str, str], ...]]] = deque()
         self._forgetting = False
+        # The 2xx of answered calls, retransmitted until their ACK (13.3.1.4); a call
+        # whose ACK never comes is hung up (BYE), as a UAS must.
+        self.unacked_answers = AnswerRetransmitter()
         # The server's CallbackService (engine.callbacks), when callbacks are enabled.
         self.callbacks: CallbackService | None = None
 
@@ -362,16 +365,13 @@ class CallEngine:
         self.bridges[bridge_id] = bridge
         self.dialogs[caller_dialog.key] = (bridge, bridge.caller)
         self.dialogs[winner.dialog.key] = (bridge, bridge.callee)
-        self.nursery.start_soon(self._await_caller_ack, call, bridge)
+        self.unacked_answers.watch(
+            leg, lambda: bridge.hang_up(by="server", reason="No ACK from the caller"), self.nursery
+        )
         if duration_limit:
             self.nursery.start_soon(bridge.enforce_duration, duration_limit)
         self.publish(call, "call", state="answered", bridge=bridge_id)
         return bridge
-
-    async def _await_caller_ack(self, call: Call, bridge: Bridge) -> None:
-        if not await call.leg.retransmit_answer():
-            # 13.3.1.4: no ACK for the 2xx: the UAS ends the dialog with BYE.
-            bridge.hang_up(by="server", reason="No ACK from the caller")
 
     def _bridge_ended(self, bridge: Bridge, by: str, reason: str) -> None:
         self.bridges.pop(bridge.bridge_id, None)

@@ -90,7 +90,7 @@ class Forker:
         pending_delayed = len([p for p in group if p.delay > 0])
         skip_delay = trio.Event()  # set when every running leg has failed
 
-        async def run_leg(plan: PlannedLeg, nursery: trio.Nursery) -> None:
+        async def run_leg(plan: PlannedLeg, group_scope: trio.CancelScope) -> None:
             nonlocal pending_delayed
             if plan.delay > 0:
                 with trio.move_on_after(plan.delay):
@@ -101,7 +101,7 @@ class Forker:
             leg = await plan.start()
             if leg is None:
                 self.trace(f"Dial leg to {plan.description} failed to start.")
-                check_all_failed(nursery)
+                check_all_failed(group_scope)
                 return
             self.legs.append(leg)
             running.add(leg)
@@ -117,23 +117,28 @@ class Forker:
                 self.trace(f"Dial leg to {plan.description} answered.")
                 self.winner = leg
                 result.append(DialOutcome(result="Answered", status=final.status, reason=final.reason, winner=leg, winner_plan=plan))
-                nursery.cancel_scope.cancel()
+                group_scope.cancel()
                 return
             self.trace(f"Dial leg to {plan.description} failed with {final.status} {final.reason}.")
             failures.append(leg)
-            check_all_failed(nursery)
+            check_all_failed(group_scope)
 
-        def check_all_failed(nursery: trio.Nursery) -> None:
+        def check_all_failed(group_scope: trio.CancelScope) -> None:
             if not running:
                 if pending_delayed:
                     skip_delay.set()  # dt= legs start at once when every running leg failed
                 elif not result:
-                    nursery.cancel_scope.cancel()
+                    group_scope.cancel()
 
         with trio.move_on_after(ring_seconds) as timer:
-            async with trio.open_nursery() as nursery:
-                for plan in group:
-                    nursery.start_soon(run_leg, plan, nursery)
+            if len(group) == 1:
+                # One leg (the common Dial): rung in this task, no nursery and task for it.
+                with trio.CancelScope() as alone:
+                    await run_leg(group[0], alone)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for plan in group:
+                        nursery.start_soon(run_leg, plan, nursery.cancel_scope)
         if result:
             return result[0]
         for leg in self.legs:

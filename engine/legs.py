@@ -14,6 +14,7 @@ transaction layer hands to the call engine.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -132,9 +133,64 @@ class InboundLeg:
                 await self.acked.wait()
             if self.acked.is_set():
                 break
-            self.endpoint.send_message(self._answer, self.transaction.destination, self.transport)
+            self.resend_answer()
             interval = min(interval * 2, T2)
         return True
+
+    def resend_answer(self) -> None:
+        assert self._answer is not None
+        self.endpoint.send_message(self._answer, self.transaction.destination, self.transport)
+
+
+class AnswerRetransmitter:
+    """Retransmits the 2xx of answered inbound legs until their ACK (13.3.1.4: T1,
+    doubling to T2, for 64*T1; over TCP only the 64*T1 wait), for every call from one
+    task that sleeps until the next one is due, instead of a task per call.  A leg
+    whose ACK never comes gets ``on_no_ack()`` (the UAS then ends the dialog)."""
+
+    #: Due retransmissions are sent together, up to this late (T1 is 0.5 s).
+    GRANULE = 0.05
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, InboundLeg, float, float, Callable[[], None]]] = []
+        self._count = 0
+        self._running = False
+
+    def watch(self, leg: InboundLeg, on_no_ack: Callable[[], None], nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        give_up = now + 64 * T1
+        first = give_up if leg.transport.upper() != "UDP" else now + T1
+        self._push(first, leg, T1, give_up, on_no_ack)
+        if not self._running:
+            self._running = True
+            nursery.start_soon(self._run)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def _push(self, due: float, leg: InboundLeg, interval: float, give_up: float,
+              on_no_ack: Callable[[], None]) -> None:
+        self._count += 1
+        heapq.heappush(self._heap, (due, self._count, leg, interval, give_up, on_no_ack))
+
+    async def _run(self) -> None:
+        heap = self._heap
+        try:
+            while heap:
+                await trio.sleep_until(heap[0][0] + self.GRANULE)
+                now = trio.current_time()
+                while heap and heap[0][0] <= now:
+                    _, _, leg, interval, give_up, on_no_ack = heapq.heappop(heap)
+                    if leg.acked.is_set():
+                        continue
+                    if now >= give_up:
+                        on_no_ack()
+                        continue
+                    leg.resend_answer()
+                    interval = min(interval * 2, T2)
+                    self._push(min(now + interval, give_up), leg, interval, give_up, on_no_ack)
+        finally:
+            self._running = False
 
 
 class OutboundLeg:

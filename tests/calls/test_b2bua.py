@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
+from engine import legs
 from tests.calls.helpers import phones, provision, running_server, sdp, wait_rows
 
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
@@ -251,3 +253,32 @@ async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp
             assert all(r[3] is not None for r in rows)
             # Nothing about the finished call is left in memory.
             assert server.runner.records._open == {}
+
+
+async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 13.3.1.4 on a shorter clock: 200 resent at T1, 2*T1, 4*T1 (up to T2), BYE at 64*T1.
+    monkeypatch.setattr(legs, "T1", 0.05)
+    monkeypatch.setattr(legs, "T2", 0.4)
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            carol.auto_ack = False
+            call = await carol.invite("alice", authenticate=False)
+            incoming = await bob.next_request("INVITE")
+            await bob.answer(incoming)
+            started = trio.current_time()
+            assert (await carol.final(call)).status == 200
+            resent = 0
+            with trio.move_on_after(2.5):
+                while True:
+                    again = await carol.next_response(call_id=call.call_id, final=True, within=3)
+                    assert again.status == 200
+                    resent += 1
+            assert 4 <= resent <= 12  # 0.05, 0.1, 0.2, 0.4, 0.4 ... s apart
+            bye = await carol.next_request("BYE", within=3)
+            assert 3.2 <= trio.current_time() - started <= 4.5
+            await bob.next_request("BYE")
+            assert len(server.calls.unacked_answers) == 0
