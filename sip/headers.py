@@ -544,10 +544,25 @@ class Headers:
     _index: dict[str, tuple[str, ...]]
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = tuple((canonical_name(n), v) for n, v in items)
+        # (Every outgoing message is built here: one pass, names and keys from the
+        # spelling caches.)
+        names, keys = _NAMES, _KEYS
+        canonical: list[tuple[str, str]] = []
         lists: dict[str, list[str]] = {}
-        for name, value in self._items:
-            lists.setdefault(name.lower(), []).append(value)
+        for name, value in items:
+            known = names.get(name)
+            if known is None:
+                known = canonical_name(name)
+            canonical.append((known, value))
+            key = keys.get(known)
+            if key is None:
+                key = _index_key(known)
+            bucket = lists.get(key)
+            if bucket is None:
+                lists[key] = [value]
+            else:
+                bucket.append(value)
+        self._items = tuple(canonical)
         self._index = {key: tuple(values) for key, values in lists.items()}
 
     @classmethod

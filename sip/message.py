@@ -227,7 +227,7 @@ def make_response(
         if name in ("Via", "From", "Call-ID", "CSeq"):
             copied.append((name, value))
         elif name == "To":
-            if to_tag is not None and status != 100 and NameAddr.parse(value).tag is None:
+            if to_tag is not None and status != 100 and request.to.tag is None:
                 # Appending keeps the sender's spelling of To byte for byte; after an
                 # addr-spec or a <URI> alike, ";tag=" starts a header parameter.
                 value = f"{value};tag={to_tag}"
