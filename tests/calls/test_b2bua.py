@@ -280,5 +280,6 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye
             assert 4 <= resent <= 12  # 0.05, 0.1, 0.2, 0.4, 0.4 ... s apart
             bye = await carol.next_request("BYE", within=3)
             assert 3.2 <= trio.current_time() - started <= 4.5
+            assert bye.request.call_id == call.call_id
             await bob.next_request("BYE")
             assert len(server.calls.unacked_answers) == 0
