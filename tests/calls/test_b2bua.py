@@ -200,10 +200,13 @@ async def test_call_duration_limit_hangs_up_both_sides(tmp_path: Path) -> None:
             assert all("duration limit" in r[0] for r in rows_)
 
 
-async def _carol_calls_bob_via_alice(server: Server, bob: Phone, carol: Phone) -> tuple[Call, Incoming]:
-    """carol calls alice, whose In dialplan dials bob; carol will not ACK by herself."""
+def _alice_dials_bob(server: Server) -> None:
     provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
               dialplans={"in": 'sys.Dial("bob@local")\n'})
+
+
+async def _carol_calls_bob_via_alice(bob: Phone, carol: Phone) -> tuple[Call, Incoming]:
+    """carol calls alice (see _alice_dials_bob) and will not ACK by herself."""
     carol.auto_ack = False
     call = await carol.invite("alice", authenticate=False)
     return call, await bob.next_request("INVITE")
@@ -211,8 +214,9 @@ async def _carol_calls_bob_via_alice(server: Server, bob: Phone, carol: Phone) -
 
 async def test_lost_2xx_and_lost_ack_still_establish_the_call(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
+        _alice_dials_bob(server)
         async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call, incoming = await _carol_calls_bob_via_alice(server, bob, carol)
+            call, incoming = await _carol_calls_bob_via_alice(bob, carol)
             callee = await bob.answer(incoming)
             # The callee's 200 was "lost" on its way back to the callee's view: it
             # retransmits, and we must ACK again.
@@ -277,8 +281,9 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye
     monkeypatch.setattr(legs, "T1", 0.05)
     monkeypatch.setattr(legs, "T2", 0.4)
     async with running_server(tmp_path) as server:
+        _alice_dials_bob(server)
         async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call, incoming = await _carol_calls_bob_via_alice(server, bob, carol)
+            call, incoming = await _carol_calls_bob_via_alice(bob, carol)
             await bob.answer(incoming)
             started = trio.current_time()
             assert (await carol.final(call)).status == 200
