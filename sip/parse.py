@@ -73,14 +73,13 @@ _KNOWN_NAMES = MappingProxyType(
     }
 )
 # The same, also keyed by the spellings seen on the wire almost always (canonical and
-# upper-case compact), so the common line needs one dict lookup and no lower().
-_EXACT_NAMES = MappingProxyType(
-    {
-        **_KNOWN_NAMES,
-        **{name: (name, key) for name, key in _KNOWN_NAMES.values()},
-        **{short.upper(): entry for short, entry in _KNOWN_NAMES.items() if len(short) == 1},
-    }
-)
+# upper-case compact), so the common line needs one dict lookup and no lower().  A plain
+# dict, never written to: a read-only proxy costs every header line an indirection.
+_EXACT_NAMES: dict[str, tuple[str, str]] = {
+    **_KNOWN_NAMES,
+    **{name: (name, key) for name, key in _KNOWN_NAMES.values()},
+    **{short.upper(): entry for short, entry in _KNOWN_NAMES.items() if len(short) == 1},
+}
 # The request line as nearly every agent writes it; anything else takes the slow path that
 # names the defect.
 _REQUEST_LINE = re.compile(rf"([{TOKEN_CHARS}]+) ([^ \t<>]+) [Ss][Ii][Pp]/2\.0\Z")
