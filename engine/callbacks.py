@@ -19,6 +19,7 @@ against attacker-chosen From users, so backtracking engines are not an option.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -187,27 +188,15 @@ def bridge_inbound(engine: CallEngine, caller: Call, callback: Call) -> Bridge:
     engine.bridges[bridge_id] = bridge
     engine.dialogs[caller_dialog.key] = (bridge, bridge.caller)
     engine.dialogs[callback_dialog.key] = (bridge, bridge.callee)
-    engine.nursery.start_soon(_await_ack, bridge, bridge.caller, caller_leg)
-    engine.nursery.start_soon(_await_ack, bridge, bridge.callee, callback_leg)
+    # Each side's 2xx is retransmitted until its ACK (13.3.1.4).  The engine hands an ACK
+    # to the bridge, which sets the side's pending_ack.
+    for side, leg in ((bridge.caller, caller_leg), (bridge.callee, callback_leg)):
+        engine.unacked_answers.watch(
+            leg, functools.partial(bridge.hang_up, by="server", reason=f"No ACK from the {side.name}"),
+            engine.nursery, acked=side.pending_ack,
+        )
     engine.publish(caller, "call", state="answered", bridge=bridge_id, callback=callback_leg.request.call_id)
     return bridge
-
-
-async def _await_ack(bridge: Bridge, side: Side, leg: InboundLeg) -> None:
-    """Retransmit one side's 2xx until its ACK (13.3.1.4).  The engine hands an ACK to
-    the bridge (``Side.pending_ack``) and marks ``leg.acked`` only for the side named
-    caller, so the side's event is linked to the leg here."""
-    async with trio.open_nursery() as nursery:
-
-        async def link() -> None:
-            await side.pending_ack.wait()
-            leg.acked.set()
-
-        nursery.start_soon(link)
-        acked = await leg.retransmit_answer()
-        nursery.cancel_scope.cancel()
-    if not acked:
-        bridge.hang_up(by="server", reason=f"No ACK from the {side.name}")
 
 
 # -- the service ------------------------------------------------------------------------------------

@@ -115,28 +115,6 @@ class InboundLeg:
         self.endpoint.respond(self.transaction, response)
         return self.dialog
 
-    async def retransmit_answer(self) -> bool:
-        """Retransmit the 2xx until the ACK arrives (13.3.1.4): T1, doubling to T2,
-        for 64*T1.  Returns False when no ACK came (the UAS then ends the dialog)."""
-        assert self._answer is not None
-        if self.transport.upper() != "UDP":
-            with trio.move_on_after(64 * T1):
-                await self.acked.wait()
-            return self.acked.is_set()
-        interval = T1
-        deadline = trio.current_time() + 64 * T1
-        while not self.acked.is_set():
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                return False
-            with trio.move_on_after(min(interval, remaining)):
-                await self.acked.wait()
-            if self.acked.is_set():
-                break
-            self.resend_answer()
-            interval = min(interval * 2, T2)
-        return True
-
     def resend_answer(self) -> None:
         assert self._answer is not None
         self.endpoint.send_message(self._answer, self.transaction.destination, self.transport)
@@ -152,15 +130,17 @@ class AnswerRetransmitter:
     GRANULE = 0.05
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, InboundLeg, float, float, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, _Unacked]] = []
         self._count = 0
         self._running = False
 
-    def watch(self, leg: InboundLeg, on_no_ack: Callable[[], None], nursery: trio.Nursery) -> None:
+    def watch(self, leg: InboundLeg, on_no_ack: Callable[[], None], nursery: trio.Nursery,
+              acked: trio.Event | None = None) -> None:
+        """Retransmit ``leg``'s 2xx until ``acked`` (default: ``leg.acked``) is set."""
         now = trio.current_time()
         give_up = now + 64 * T1
         first = give_up if leg.transport.upper() != "UDP" else now + T1
-        self._push(first, leg, T1, give_up, on_no_ack)
+        self._push(first, _Unacked(leg, leg.acked if acked is None else acked, on_no_ack, give_up, T1))
         if not self._running:
             self._running = True
             nursery.start_soon(self._run)
@@ -168,10 +148,9 @@ class AnswerRetransmitter:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def _push(self, due: float, leg: InboundLeg, interval: float, give_up: float,
-              on_no_ack: Callable[[], None]) -> None:
+    def _push(self, due: float, entry: _Unacked) -> None:
         self._count += 1
-        heapq.heappush(self._heap, (due, self._count, leg, interval, give_up, on_no_ack))
+        heapq.heappush(self._heap, (due, self._count, entry))
 
     async def _run(self) -> None:
         heap = self._heap
@@ -180,17 +159,26 @@ class AnswerRetransmitter:
                 await trio.sleep_until(heap[0][0] + self.GRANULE)
                 now = trio.current_time()
                 while heap and heap[0][0] <= now:
-                    _, _, leg, interval, give_up, on_no_ack = heapq.heappop(heap)
-                    if leg.acked.is_set():
+                    entry = heapq.heappop(heap)[2]
+                    if entry.acked.is_set():
                         continue
-                    if now >= give_up:
-                        on_no_ack()
+                    if now >= entry.give_up:
+                        entry.on_no_ack()
                         continue
-                    leg.resend_answer()
-                    interval = min(interval * 2, T2)
-                    self._push(min(now + interval, give_up), leg, interval, give_up, on_no_ack)
+                    entry.leg.resend_answer()
+                    entry.interval = min(entry.interval * 2, T2)
+                    self._push(min(now + entry.interval, entry.give_up), entry)
         finally:
             self._running = False
+
+
+@dataclass(slots=True)
+class _Unacked:
+    leg: InboundLeg
+    acked: trio.Event
+    on_no_ack: Callable[[], None]
+    give_up: float
+    interval: float
 
 
 class OutboundLeg:

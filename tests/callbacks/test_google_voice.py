@@ -107,6 +107,10 @@ async def test_callback_is_bridged_to_the_waiting_caller(tmp_path: Path) -> None
             paths = [p for p, _, _ in service.requests]
             assert paths == ["/login", "/connect"]
             assert service.requests[1][1] == {"forwardingNumber": "gvline", "destinationNumber": "5551234", "phoneType": "2"}
+            # Both sides' ACKs were taken: neither 200 is retransmitted any longer.
+            with trio.fail_after(3):
+                while len(server.calls.unacked_answers):  # noqa: ASYNC110 - the retransmitter's heap
+                    await trio.sleep(0.05)
             # BYE from the callback's side reaches the caller.
             bye = await dialog.bye()  # type: ignore[attr-defined]
             assert bye.status == 200
