@@ -12,10 +12,11 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.storage import Store
+from engine.storage import StorageError, Store
 
 if TYPE_CHECKING:
     from engine.bridge import Bridge
@@ -166,13 +167,22 @@ class CallRecords:
         trace_id = uuid.uuid4().hex
         owner = call.account.customer_id if call.account is not None else None
         row = (trace_id, owner, call.leg.request.call_id, dialplan, now, "\n".join(lines))
-        self.store.write_soon(
+        self._record(
             lambda conn: conn.execute(
                 "INSERT INTO traces (id, customer_id, call_id, dialplan, created, text) VALUES (?, ?, ?, ?, ?, ?)", row
             ),
-            what=f"the trace {trace_id}",
+            f"the trace {trace_id}",
         )
         return trace_id
+
+    def _record(self, op: Callable[[sqlite3.Connection], object], what: str) -> None:
+        """Queue a record nobody waits for.  Calls ending while the server shuts down
+        (its writer already stopped) lose theirs: said in the log, not raised into the
+        call's teardown."""
+        try:
+            self.store.write_soon(op, what=what)
+        except StorageError as exc:
+            log.error("could not store %s: %s", what, exc)
 
     # -- CDRs ---------------------------------------------------------------------------------
     def _caller_cdr(self, call: Call, now: float) -> _CDR:
@@ -284,14 +294,14 @@ class CallRecords:
             )
             for c in cdrs
         ]
-        self.store.write_soon(
+        self._record(
             lambda conn: conn.executemany(
                 "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, "
                 "to_uri, created, progress_at, answered_at, hungup_at, status, reason, hangup_reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             ),
-            what=f"{len(rows)} call records",
+            f"{len(rows)} call records",
         )
 
 
