@@ -23,9 +23,10 @@ What stays with the TU, as RFC 3261 assigns it:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Generic, TypeVar, overload
 
 from sip.errors import SIPParseError, SIPValueError
 from sip.headers import Via
@@ -241,6 +242,49 @@ INITIAL: dict[Kind, tuple[TransactionState, tuple[Timer, ...]]] = {
 }
 
 
+_M = TypeVar("_M", Request, Response)
+_V = TypeVar("_V")
+
+
+class _Kept(Generic[_V]):
+    """A message a transaction holds, kept in the slot ``slot``: the object while the
+    transaction is active; once it only lingers to absorb retransmissions (up to 32 s),
+    its bytes (:meth:`_Transaction._shed`).  Tens of thousands of parsed messages
+    sitting in lingering transactions made each pass of Python's cyclic collector take
+    hundreds of milliseconds.  Reading one then parses it again (rare: a
+    retransmission, a log line)."""
+
+    __slots__ = ("slot", "parse")
+
+    def __init__(self, slot: str, parse: Callable[[bytes], _V]) -> None:
+        self.slot = slot
+        self.parse = parse
+
+    @overload
+    def __get__(self, obj: None, owner: type[object]) -> _Kept[_V]: ...
+    @overload
+    def __get__(self, obj: _Transaction, owner: type[object]) -> _V: ...
+    def __get__(self, obj: _Transaction | None, owner: type[object]) -> _Kept[_V] | _V:
+        if obj is None:
+            return self
+        value = getattr(obj, self.slot)
+        if value.__class__ is bytes:
+            value = self.parse(value)
+            setattr(obj, self.slot, value)
+        return value  # type: ignore[no-any-return]
+
+    def __set__(self, obj: _Transaction, value: _V) -> None:
+        setattr(obj, self.slot, value)
+
+
+def _inflate(data: bytes, kind: type[_M]) -> _M:
+    """Parse a message this layer serialised itself (see :meth:`_Transaction._shed`)."""
+    message = parse_message_untrusted(data)
+    assert isinstance(message, kind)
+    return message
+
+
+
 class _Transaction:
     """State common to client and server transactions."""
 
@@ -270,43 +314,11 @@ class _Transaction:
         # The dialog key it is filed under in the layer's rejected-INVITE table, if any.
         self.rejected_key: Key | None = None
 
-    # The messages are kept as objects while the transaction is active.  Once it only
-    # lingers to absorb retransmissions (up to 32 s), they are kept as their bytes:
-    # tens of thousands of parsed messages sitting in lingering transactions made each
-    # pass of Python's cyclic collector take hundreds of milliseconds.  Reading one
-    # then parses it again (rare: a retransmission, a log line).
-    @property
-    def request(self) -> Request:
-        value = self._request
-        if value.__class__ is bytes:
-            value = self._request = _inflate(value, Request)  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
-
-    @request.setter
-    def request(self, value: Request) -> None:
-        self._request = value
-
-    @property
-    def last_response(self) -> Response | None:
-        value = self._last_response
-        if value.__class__ is bytes:
-            value = self._last_response = _inflate(value, Response)  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
-
-    @last_response.setter
-    def last_response(self, value: Response | None) -> None:
-        self._last_response = value
-
-    @property
-    def _ack(self) -> Request | None:
-        value = self._ack_message
-        if value.__class__ is bytes:
-            value = self._ack_message = _inflate(value, Request)  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
-
-    @_ack.setter
-    def _ack(self, value: Request | None) -> None:
-        self._ack_message = value
+    # The messages are kept as objects while the transaction is active, as their bytes
+    # once it only lingers (see _Kept).
+    request = _Kept[Request]("_request", lambda data: _inflate(data, Request))
+    last_response = _Kept["Response | None"]("_last_response", lambda data: _inflate(data, Response))
+    _ack = _Kept["Request | None"]("_ack_message", lambda data: _inflate(data, Request))
 
     def _shed(self) -> None:
         """Keep the messages as bytes from now on (see :attr:`request`)."""
@@ -318,16 +330,6 @@ class _Transaction:
     def __repr__(self) -> str:
         return (f"<{self.kind.value} transaction {self.request.method} "
                 f"{self.state.value} {self.key!r}>")
-
-
-_M = TypeVar("_M", Request, Response)
-
-
-def _inflate(data: bytes, kind: type[_M]) -> _M:
-    """Parse a message this layer serialised itself (see :meth:`_Transaction._shed`)."""
-    message = parse_message_untrusted(data)
-    assert isinstance(message, kind)
-    return message
 
 
 # The states a transaction only lingers in, absorbing retransmissions until a timer
