@@ -24,12 +24,21 @@ from tests.calls.helpers import (
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
 
 
+def _alice_out_dials_the_called_user(server: Server) -> None:
+    provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+
+
+async def _alice_calls_bob(alice: Phone, bob: Phone) -> tuple[Call, Incoming]:
+    """alice's INVITE to bob, as it reaches bob (see _alice_out_dials_the_called_user)."""
+    call = await alice.invite("bob")
+    return call, await bob.next_request("INVITE")
+
+
 async def test_out_dialplan_bridges_and_bye_crosses(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        _alice_out_dials_the_called_user(server)
         async with phones(server, "alice", "bob") as (alice, bob):
-            call = await alice.invite("bob")
-            incoming = await bob.next_request("INVITE")
+            call, incoming = await _alice_calls_bob(alice, bob)
             callee = await bob.answer(incoming)
             ringing = await alice.next_response(call_id=call.call_id)
             while ringing.status == 100:
@@ -240,10 +249,9 @@ async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_hol
     tmp_path: Path,
 ) -> None:
     async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        _alice_out_dials_the_called_user(server)
         async with phones(server, "alice", "bob") as (alice, bob):
-            call = await alice.invite("bob")
-            incoming = await bob.next_request("INVITE")
+            call, incoming = await _alice_calls_bob(alice, bob)
             callee = await bob.answer(incoming)
             assert (await alice.final(call)).status == 200
             await bob.next_request("ACK")
@@ -261,10 +269,9 @@ async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_hol
 
 async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        _alice_out_dials_the_called_user(server)
         async with phones(server, "alice", "bob") as (alice, bob):
-            call = await alice.invite("bob")
-            incoming = await bob.next_request("INVITE")
+            call, incoming = await _alice_calls_bob(alice, bob)
             await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
             assert (await alice.final(call)).status == 486
             rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at FROM cdrs ORDER BY leg", 2)
