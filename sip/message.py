@@ -131,19 +131,31 @@ class _Common:
         return value
 
     def _snapshot(self, start_line: str) -> bytes:
+        # The bytes it arrived as, or went out as, parse back into this message (the
+        # latter with a Content-Length line added): no need to write it again.
+        memo = self._memo
+        known = memo.get("wire") or memo.get("bytes")
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         parts = [start_line]
         for name, value in self.headers:
             parts.append(f"Content-Length: {len(self.body)}" if name == "Content-Length" else f"{name}: {value}")
         return ("\r\n".join(parts) + "\r\n\r\n").encode("utf-8") + self.body
 
     def _serialize(self, start_line: str) -> bytes:
+        # Kept: a message is immutable, and what is sent is also traced, retransmitted
+        # and kept by lingering transactions.
+        known = self._memo.get("bytes")
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         parts = [start_line]
         for name, value in self.headers:
             if name == "Content-Length":
                 continue
             parts.append(f"{name}: {value}")
         parts.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(parts) + "\r\n\r\n").encode("utf-8") + self.body
+        data = self._memo["bytes"] = ("\r\n".join(parts) + "\r\n\r\n").encode("utf-8") + self.body
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,9 +171,11 @@ class Request(_Common):
         return self._serialize(f"{self.method} {self.uri} SIP/2.0")
 
     def snapshot(self) -> bytes:
-        """Bytes that parse back into an equal message: the header list exactly as it
-        is (a Content-Length line keeps its place, with the body's real length; none
-        is added).  For keeping a message compactly, not for sending."""
+        """Bytes that parse back into an equal message: the bytes it arrived as, or
+        those :meth:`to_bytes` sent (which add a Content-Length line); otherwise the
+        header list exactly as it is (a Content-Length line keeps its place, with the
+        body's real length; none is added).  For keeping a message compactly, not for
+        sending."""
         return self._snapshot(f"{self.method} {self.uri} SIP/2.0")
 
     def replace(self, **changes: object) -> Request:

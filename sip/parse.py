@@ -200,7 +200,9 @@ def _parse(data: bytes) -> Message:
         message = Response(status=status, reason=reason, headers=headers, body=body)
     else:
         message = Request(method=method, uri=uri, headers=headers, body=body)
-    # What validation built is what the stack reads next: hand it over.
+    # What validation built is what the stack reads next: hand it over, with the bytes
+    # (a lingering transaction keeps those rather than writing the message again).
+    views["wire"] = data if not begin and body_start + len(body) == len(data) else data[begin:body_start] + body
     message._memo.update(views)
     return message
 

@@ -133,6 +133,26 @@ def test_content_length_on_datagrams() -> None:
     assert parse_message_untrusted(data).body == b"abc"  # UDP: the rest of the datagram
 
 
+def test_messages_keep_the_bytes_they_came_or_went_as() -> None:
+    # A received message's snapshot is its datagram, cut to the message: what a
+    # lingering transaction keeps.
+    data = message(body=b"abc")
+    received = parse_message_untrusted(data)
+    assert received.snapshot() is data
+    for padded in (b"\r\n" + data, data + b"junk"):
+        kept = parse_message_untrusted(padded).snapshot()
+        assert kept == data and parse_message_untrusted(kept) == received
+    # A message built here is written once; its snapshot is what was sent.
+    response = make_response(received, 200, to_tag="x1", body=b"v=0\r\n")  # type: ignore[arg-type]
+    sent = response.to_bytes()
+    assert response.to_bytes() is sent and response.snapshot() is sent
+    back = parse_message_untrusted(sent)
+    assert back.body == response.body and back.headers.without("Content-Length") == response.headers
+    # A changed copy is written anew.
+    changed = response.replace(reason="Fine")
+    assert changed.to_bytes() != sent and b"200 Fine" in changed.to_bytes()
+
+
 def test_size_cap() -> None:
     big = message(body=b"x" * (MAX_MESSAGE - len(message())))
     assert len(big) > MAX_MESSAGE
