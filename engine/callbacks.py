@@ -40,6 +40,7 @@ from engine.dialstring import DialStringError, LegKind, classify, parse_dial_str
 from engine.events import Event
 from engine.forking import Forker, PlannedLeg
 from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite
+from engine.records import Placed
 from engine.webget import is_public_address
 from sandbox import HostReply, PlainValue
 from sip.message import Response, new_call_id, new_tag
@@ -185,6 +186,7 @@ def bridge_inbound(engine: CallEngine, caller: Call, callback: Call) -> Bridge:
     )
     bridge.call = caller
     caller.bridge = callback.bridge = bridge
+    engine.runner.records.inbound_bridged(caller, callback, bridge, engine.wall_clock())
     engine.bridges[bridge_id] = bridge
     engine.dialogs[caller_dialog.key] = (bridge, bridge.caller)
     engine.dialogs[callback_dialog.key] = (bridge, bridge.callee)
@@ -510,14 +512,17 @@ class CallbackMethods:
         await trio.sleep(delay)
         host = advertised(engine.endpoint.local[0])
         offer = placeholder_offer(host)
-        first = await self._ring(account, dest1, offer, caller_user=_user_of(dest2))
+        records = self.runner.records
+        owner = Placed(account)  # whose legs' CDRs these are
+        first = await self._ring(owner, dest1, offer, caller_user=_user_of(dest2))
         if first is None or first.final is None:
             self._callback_event(account, "failed", dest1, "the first destination did not answer")
             return
         first_answer = fix_sdp(first.final.body, first.destination)
-        second = await self._ring(account, dest2, first_answer, caller_user=_user_of(dest1))
+        second = await self._ring(owner, dest2, first_answer, caller_user=_user_of(dest1))
         if second is None or second.final is None or second.dialog is None or first.dialog is None:
             first.hangup("SIP ;cause=480 ;text=\"The other party did not answer\"")
+            records.leg_hung_up(owner, first, "The other party did not answer (server)", self.runner.wall_clock())
             self._callback_event(account, "failed", dest2, "the second destination did not answer")
             return
         bridge_id = new_tag() + new_tag()
@@ -528,6 +533,8 @@ class CallbackMethods:
             on_end=engine._bridge_ended,
             bridge_id=bridge_id,
         )
+        bridge.call = owner
+        records.legs_bridged(owner, bridge, (first, second), self.runner.wall_clock())
         engine.bridges[bridge_id] = bridge
         engine.dialogs[first.dialog.key] = (bridge, bridge.caller)
         engine.dialogs[second.dialog.key] = (bridge, bridge.callee)
@@ -548,18 +555,19 @@ class CallbackMethods:
             return
         self._callback_event(account, "answered", f"{dest1} <-> {dest2}", "bridged", bridge=bridge_id)
 
-    async def _ring(self, account: Account, dest: str, body: bytes, *, caller_user: str) -> OutboundLeg | None:
+    async def _ring(self, owner: Placed, dest: str, body: bytes, *, caller_user: str) -> OutboundLeg | None:
         """Ring one destination (every binding of a local account in parallel) offering
-        ``body``; the answered leg, or None."""
-        plans = self._callback_plans(account, dest, body, caller_user)
+        ``body``; the answered leg, or None.  The legs' records are ``owner``'s."""
+        plans = self._callback_plans(owner, dest, body, caller_user)
         if not plans:
             return None
         forker = Forker(progress=lambda leg, status, reason, sdp: None, trace=self.trace_line)
         outcome = await forker.dial([plans], CALLBACK_RING_SECONDS)
         return outcome.winner if outcome.result == "Answered" else None
 
-    def _callback_plans(self, account: Account, dest: str, body: bytes, caller_user: str) -> list[PlannedLeg]:
+    def _callback_plans(self, owner: Placed, dest: str, body: bytes, caller_user: str) -> list[PlannedLeg]:
         engine = self.engine
+        account = owner.account
         now = self.runner.wall_clock()
         try:
             parsed = parse_dial_string(dest, substitutions={})
@@ -582,8 +590,11 @@ class CallbackMethods:
                 destination = await where()
                 if destination is None:
                     return None
-                return self._send_invite(uri, to, destination, transport, body, credentials,
-                                         f"<sip:{from_user or caller_user or account.user}@{via_host or from_host}>")
+                leg = self._send_invite(uri, to, destination, transport, body, credentials,
+                                        f"<sip:{from_user or caller_user or account.user}@{via_host or from_host}>")
+                if leg is not None:
+                    self.runner.records.leg_started(owner, leg, self.runner.wall_clock())
+                return leg
             return PlannedLeg(description=uri, start=start)
 
         if kind is LegKind.LOCAL:

@@ -32,6 +32,7 @@ from engine.bridge import Bridge, Side
 from engine.config import ServerConfig
 from engine.events import Event, EventBus
 from engine.legs import AnswerRetransmitter, InboundLeg, OutboundLeg, advertised
+from engine.records import Placed
 from engine.registrar import Registrar
 from engine.storage import Account, Store
 from sip.errors import SIPParseError
@@ -390,14 +391,15 @@ class CallEngine:
         if not self._forgetting:
             self._forgetting = True
             self.nursery.start_soon(self._forget_ended_dialogs)
-        call = bridge.call
-        if isinstance(call, Call):
-            self.publish(call, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
-            self.runner.call_ended(call, bridge, by, reason)
+        owner = bridge.call
+        if isinstance(owner, Call):
+            self.publish(owner, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
+            owner.leg.transaction.context = None
+        if isinstance(owner, (Call, Placed)):
+            self.runner.records.bridge_ended(owner, bridge, by, reason, self.wall_clock())
             # What lingers (the dialogs for 32 s, the legs' transactions for up to 32 s)
             # must not hold the finished call and everything hanging off it.
             bridge.call = None
-            call.leg.transaction.context = None
         winner = bridge.callee_leg
         if isinstance(winner, OutboundLeg):
             winner.release()

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.bridge import Bridge, fix_sdp
+from engine.bridge import fix_sdp
 from engine.callbacks import CallbackMethods
 from engine.calls import CHAIN_HEADER, CONCURRENCY_REASON, MAX_CHAIN, Call
 from engine.dialstring import (
@@ -113,9 +113,6 @@ class DialplanRunner:
     async def run_named(self, call: Call, name: str) -> None:
         """Run the owner's dialplan ``name`` for ``call`` (web callbacks use this)."""
         await self._execute(call, name)
-
-    def call_ended(self, call: Call, bridge: Bridge, by: str, reason: str) -> None:
-        self.records.bridge_ended(call, bridge, by, reason, self.wall_clock())
 
     # -- executions -------------------------------------------------------------------------
     async def _execute(self, call: Call, name: str) -> None:

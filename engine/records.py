@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from engine.bridge import Bridge
     from engine.calls import Call
     from engine.legs import OutboundLeg
+    from engine.storage import Account
     from sip.message import Response
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,21 @@ class _CDR:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(eq=False, slots=True)
+class Placed:
+    """The owner of legs the server places with no caller behind them (a click-to-call's
+    two legs): to their records what a :class:`~engine.calls.Call` is to the legs its
+    dialplan dials, without a caller's record."""
+
+    account: Account
+
+
 class CallRecords:
-    """Per-server access to the tables calls use."""
+    """Per-server access to the tables calls use.
+
+    Records are gathered per owner (a call, or a :class:`Placed`) while its legs are up:
+    a leg that fails is written at its final response, the legs of a bridge when the
+    bridge ends, and a caller's that no bridge holds when its call finishes."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -204,8 +218,11 @@ class CallRecords:
         legs.append((call, cdr))
         return cdr
 
-    def leg_started(self, call: Call, leg: OutboundLeg, now: float) -> None:
-        self._caller_cdr(call, now)
+    def leg_started(self, call: Call | Placed, leg: OutboundLeg, now: float) -> None:
+        if isinstance(call, Placed):
+            self._open.setdefault(id(call), [])
+        else:
+            self._caller_cdr(call, now)
         cdr = _CDR(
             id=uuid.uuid4().hex,
             customer_id=call.account.customer_id if call.account is not None else None,
@@ -219,7 +236,7 @@ class CallRecords:
         self._open[id(call)].append((leg, cdr))
         leg.when_final(lambda final: self._leg_final(call, leg, cdr, final))
 
-    def _leg_final(self, call: Call, leg: OutboundLeg, cdr: _CDR, final: Response) -> None:
+    def _leg_final(self, call: Call | Placed, leg: OutboundLeg, cdr: _CDR, final: Response) -> None:
         cdr.status = final.status
         cdr.reason = final.reason
         cdr.progress_at = _wall(leg.progress_at, leg.started_at, cdr.created)
@@ -237,8 +254,9 @@ class CallRecords:
         self._write([cdr])
         self._forget(call, leg)
 
-    def leg_hung_up(self, call: Call, leg: OutboundLeg, reason: str, now: float) -> None:
-        """An answered leg that was never bridged (a web callback's) was hung up."""
+    def leg_hung_up(self, call: Call | Placed, leg: OutboundLeg, reason: str, now: float) -> None:
+        """An answered leg that was never bridged (a web callback's, a click-to-call's
+        whose other party did not answer) was hung up."""
         for owner, cdr in self._open.get(id(call), []):
             if owner is leg:
                 cdr.status = 200
@@ -250,16 +268,40 @@ class CallRecords:
                 return
 
     def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
-        caller = self._caller_cdr(call, now)
-        caller.bridge_id = bridge.bridge_id
-        caller.answered_at = now
-        caller.status = 200
+        self._bridge_caller(call, bridge, now)
         for owner, cdr in self._open.get(id(call), []):
             if owner is winner:
                 cdr.bridge_id = bridge.bridge_id
                 cdr.answered_at = cdr.answered_at or now
 
-    def bridge_ended(self, call: Call, bridge: Bridge, by: str, reason: str, now: float) -> None:
+    def inbound_bridged(self, caller: Call, callback: Call, bridge: Bridge, now: float) -> None:
+        """A waiting caller was answered and joined to the call that came back to it (a
+        callback): both calls' records carry the bridge id, written when it ends."""
+        self._bridge_caller(caller, bridge, now)
+        request = callback.leg.request
+        cdr = _CDR(
+            id=uuid.uuid4().hex,
+            customer_id=callback.account.customer_id if callback.account is not None else None,
+            call_id=request.call_id,
+            direction=callback.direction.lower(),
+            leg="callback",
+            from_uri=str(request.from_.uri),
+            to_uri=str(request.uri),
+            created=callback.started,
+            bridge_id=bridge.bridge_id,
+            answered_at=now,
+            status=200,
+        )
+        self._open[id(caller)].append((callback, cdr))
+
+    def legs_bridged(self, owner: Placed, bridge: Bridge, legs: tuple[OutboundLeg, ...], now: float) -> None:
+        """Answered legs the server placed itself were joined (a click-to-call)."""
+        for leg, cdr in self._open.get(id(owner), []):
+            if any(leg is joined for joined in legs):
+                cdr.bridge_id = bridge.bridge_id
+                cdr.answered_at = cdr.answered_at or now
+
+    def bridge_ended(self, call: Call | Placed, bridge: Bridge, by: str, reason: str, now: float) -> None:
         records = [cdr for _, cdr in self._open.pop(id(call), []) if cdr.bridge_id == bridge.bridge_id]
         for cdr in records:
             cdr.hungup_at = now
@@ -267,24 +309,30 @@ class CallRecords:
         if records:
             self._write(records)
 
+    def _bridge_caller(self, call: Call, bridge: Bridge, now: float) -> None:
+        caller = self._caller_cdr(call, now)
+        caller.bridge_id = bridge.bridge_id
+        caller.answered_at = now
+        caller.status = 200
+
     def call_finished(self, call: Call, now: float) -> None:
         """The caller's INVITE has its final answer and the call's dialplan has ended:
-        write the caller's CDR unless a bridge holds it (bridge_ended writes it)."""
-        records = self._open.get(id(call), [])
-        caller = next((cdr for owner, cdr in records if owner is call), None)
-        if caller is None or caller.bridge_id is not None:
-            return
+        write the caller's CDR (also of a call that dialled nothing: a dialplan's
+        sys.Respond, a limit's 480) unless a bridge holds it (bridge_ended writes it)."""
+        if call.bridge is not None:
+            return  # (also when the bridge has ended already and written it)
+        caller = self._caller_cdr(call, now)  # (a call that dialled nothing has none yet)
         caller.status = call.leg.final_status
         caller.hungup_at = now
         self._write([caller])
         self._forget(call, call)
-        if not self._open.get(id(call)):
-            self._open.pop(id(call), None)
 
-    def _forget(self, call: Call, leg: object) -> None:
+    def _forget(self, call: Call | Placed, leg: object) -> None:
         records = self._open.get(id(call))
         if records is not None:
             records[:] = [(o, c) for o, c in records if o is not leg]
+            if not records:  # (keyed by id(): an owner's key must not outlive it)
+                del self._open[id(call)]
 
     def _write(self, cdrs: list[_CDR]) -> None:
         rows = [

@@ -7,6 +7,7 @@ from pathlib import Path
 import trio
 
 from tests.callbacks.ua import provision, running_server, sdp, user_agents
+from tests.calls.helpers import wait_rows
 
 
 async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> None:
@@ -37,6 +38,17 @@ async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> No
             bye, source4 = await bob.request("BYE")
             assert bye.call_id == bob_dialog.call_id
             await bob.ok(bye, source4)
+            # alice's own call, answered by her dialplan's Respond, is on record too.
+            assert await wait_rows(server, "SELECT direction, status, bridge_id FROM cdrs WHERE leg = 'caller'",
+                                   1) == [("out", 486, None)]
+            # One record per leg, linked by the bridge, written when it ended.
+            legs = await wait_rows(server, "SELECT leg, direction, to_uri, status, bridge_id, answered_at, "
+                                   "hungup_at, hangup_reason FROM cdrs WHERE bridge_id IS NOT NULL ORDER BY created", 2)
+            assert [(r[0], r[1], r[3]) for r in legs] == [("callee", "out", 200), ("callee", "out", 200)]
+            assert legs[0][4] == legs[1][4] and all(r[5] and r[6] for r in legs)
+            assert "bob" in legs[0][2] and "carol" in legs[1][2]
+            assert [r[7] for r in legs] == ["BYE from callee", "BYE from callee"]
+            assert server.runner.records._open == {}
 
 
 async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path: Path) -> None:
@@ -51,3 +63,8 @@ async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path:
             bye, source = await bob.request("BYE")
             assert bye.call_id == first.call_id
             await bob.ok(bye, source)
+            # bob's answered leg is on record, hung up by the server.
+            hung_up = await wait_rows(server, "SELECT status, hangup_reason FROM cdrs WHERE call_id = ?", 1,
+                                      (first.call_id,))
+            assert hung_up == [(200, "The other party did not answer (server)")]
+            assert server.runner.records._open == {}

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.callbacks.ua import UA, provision, running_server, sdp, user_agents
+from tests.calls.helpers import wait_rows
 from tests.conftest import free_port
 
 DIALPLAN = (
@@ -116,6 +117,14 @@ async def test_callback_is_bridged_to_the_waiting_caller(tmp_path: Path) -> None
             assert bye.status == 200
             request, source = await alice.request("BYE")
             await alice.ok(request, source)
+            # Both calls are on record, linked by the bridge.
+            legs = await wait_rows(server, "SELECT leg, direction, from_uri, status, bridge_id, answered_at, "
+                                   "hangup_reason FROM cdrs ORDER BY leg", 2)
+            assert [r[:2] for r in legs] == [("callback", "in"), ("caller", "out")]
+            assert "15550001" in legs[0][2] and "alice" in legs[1][2]
+            assert {r[3] for r in legs} == {200} and legs[0][4] == legs[1][4] is not None
+            assert all(r[5] for r in legs) and {r[6] for r in legs} == {"BYE from callee"}
+            assert server.runner.records._open == {}
 
 
 async def test_no_callback_means_the_fallback_and_a_cancel(tmp_path: Path) -> None:
