@@ -25,7 +25,7 @@ import trio
 
 from sip.dialog import Address, Dialog
 from sip.digest import authorization_for
-from sip.headers import Headers
+from sip.headers import Headers, sent_via
 from sip.message import Request, Response, make_response, new_branch, new_tag
 from sip.transaction import ClientTransaction, ServerTransaction
 
@@ -404,7 +404,7 @@ def build_invite(
     from sip.uri import URI
 
     items: list[tuple[str, str]] = [
-        ("Via", f"SIP/2.0/{transport.upper()} {via_host}:{via_port};branch={new_branch()};rport"),
+        ("Via", sent_via(transport, via_host, via_port, new_branch())),
         ("Max-Forwards", str(max_forwards)),
         ("From", f"{from_header};tag={new_tag()}"),
         ("To", target),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sip.errors import SIPParseError, SIPValueError
-from sip.headers import Headers, NameAddr
+from sip.headers import Headers, NameAddr, sent_via
 from sip.message import Request, Response, new_branch
 from sip.uri import URI
 
@@ -139,7 +139,7 @@ class Dialog:
             number = self.local_cseq
         uri, routes = self._request_uri_and_routes()
         items: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{self.transport} {via_host}:{via_port};branch={branch or new_branch()};rport"),
+            ("Via", sent_via(self.transport, via_host, via_port, branch or new_branch())),
             ("Max-Forwards", "70"),
         ]
         items.extend(("Route", r) for r in routes)

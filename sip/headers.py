@@ -340,11 +340,12 @@ def _match_name_addr(text: str) -> tuple[re.Match[str], bool]:
 def validate_name_addr(text: str) -> None:
     """Check a name-addr / addr-spec value by exactly the rule :meth:`NameAddr.parse`
     applies, without building it (the parser's fast path)."""
-    if _NAME_ADDR_MEMO.get(text) is not None:
+    if _NAME_ADDR_MEMO.get(text) is not None or _VALID_NAME_ADDRS.get(text):
         return
     fast = _NAME_ADDR_SIP.match(text)
     if fast is not None:
         check_host_port(fast.group("u_host"), fast.group("u_port"))
+        _VALID_NAME_ADDRS.put(text, True)  # (a phone sends the same Contact every time)
         return
     m, in_brackets = _match_name_addr(text)
     validate_uri(m.group("uri").strip(" \t") if in_brackets else m.group("uri"))
@@ -453,6 +454,17 @@ class Via:
         return f"SIP/2.0/{self.transport} {hp}{_params_text(self.params)}"
 
 
+def sent_via(transport: str, host: str, port: int, branch: str) -> str:
+    """The Via line of a request this stack sends (``;rport`` asks for RFC 3581
+    symmetric responses), its value filed in the parse memo as it is written: the
+    transaction layer reads it back, and every response brings it back verbatim."""
+    transport = transport.upper()
+    via = Via(transport=transport, host=host, port=port, params=(("branch", branch), ("rport", None)))
+    text = f"SIP/2.0/{transport} {host}:{port};branch={branch};rport"
+    _VIA_MEMO.put(text, via)
+    return text
+
+
 def validate_via(text: str) -> None:
     """Check one via-parm by exactly the rule :meth:`Via.parse` applies, without
     building it (the parser's fast path)."""
@@ -525,6 +537,7 @@ class CSeq:
 _NAME_ADDR_MEMO: ParseMemo[NameAddr] = ParseMemo()
 _VIA_MEMO: ParseMemo[Via] = ParseMemo()
 _CSEQ_MEMO: ParseMemo[CSeq] = ParseMemo()
+_VALID_NAME_ADDRS: ParseMemo[bool] = ParseMemo()
 
 
 class Headers:

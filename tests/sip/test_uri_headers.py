@@ -12,6 +12,7 @@ from sip.headers import (
     Via,
     canonical_name,
     parse_params,
+    sent_via,
     split_commas,
     validate_name_addr,
     validate_via,
@@ -186,6 +187,15 @@ def test_via() -> None:
     assert (spaced.host, spaced.port, spaced.branch) == ("host.example.com", 5080, "z9hG4bKx")
     assert Via.parse("SIP/2.0/UDP h.example.com").sent_by == ("h.example.com", 5060)
     assert str(via.with_params(received="192.0.2.1")).endswith(";rport;received=192.0.2.1")
+
+
+@pytest.mark.parametrize(("transport", "host"), [("udp", "127.0.0.1"), ("TCP", "[2001:db8::9]"), ("UDP", "sip.example.com")])
+def test_a_sent_via_is_known_as_it_would_parse(transport: str, host: str) -> None:
+    # The value filed with the text is the one the parser gives it (responses bring the
+    # text back and are read through the memo).
+    text = sent_via(transport, host, 5070, "z9hG4bKab12")
+    assert Via.parse(text) == Via._parse(text)
+    assert Via.parse(text).branch == "z9hG4bKab12" and Via.parse(text).param("rport") == ""
 
 
 @pytest.mark.parametrize(
