@@ -132,9 +132,10 @@ class Forker:
 
         with trio.move_on_after(ring_seconds) as timer:
             if len(group) == 1:
-                # One leg (the common Dial): rung in this task, no nursery and task for it.
-                with trio.CancelScope() as alone:
-                    await run_leg(group[0], alone)
+                # One leg (the common Dial): rung in this task, no nursery and task for it,
+                # nor a scope: the leg cancels its group only on its way out, with no
+                # checkpoint left for the cancellation to land on.
+                await run_leg(group[0], timer)
             else:
                 async with trio.open_nursery() as nursery:
                     for plan in group:

@@ -467,51 +467,51 @@ class SandboxPool:
         absolute = started + limits.absolute_wall_seconds
         deadline = min(started + limits.wall_seconds, absolute)
         finished = False
+        # One scope holds the wall deadline for the whole execution (moved when a
+        # blocking call extends it): a scope per wait would cost as much as the wait.
+        wall = trio.CancelScope(deadline=deadline)
         try:
-            while True:
-                frame: WorkerFrame | _Crashed | None = None
-                with trio.move_on_at(deadline):
+            with wall:
+                while True:
                     frame = await pending.receive.receive()
-                if frame is None:
-                    return _ended(Outcome.LIMIT_EXCEEDED, log, started, limit=LimitKind.WALL)
-                if isinstance(frame, _Crashed):
-                    finished = True
-                    return _ended(Outcome.CRASHED, log, started, reason=frame.reason)
-                if isinstance(frame, DoneFrame):
-                    finished = True
+                    if isinstance(frame, _Crashed):
+                        finished = True
+                        return _ended(Outcome.CRASHED, log, started, reason=frame.reason)
+                    if isinstance(frame, DoneFrame):
+                        finished = True
+                        log.add(frame.lines)
+                        return _done(frame, log, started)
+                    if isinstance(frame, LogFrame):
+                        log.add(frame.lines)
+                        continue
+                    assert isinstance(frame, CallFrame)
                     log.add(frame.lines)
-                    return _done(frame, log, started)
-                if isinstance(frame, LogFrame):
-                    log.add(frame.lines)
-                    continue
-                assert isinstance(frame, CallFrame)
-                log.add(frame.lines)
-                now = trio.current_time()
-                reply: HostReply | None = None
-                if frame.name == "ExtendScriptTimeout":
-                    seconds = frame.args[0] if frame.args else 0
-                    if type(seconds) in (int, float):
-                        deadline = min(now + float(seconds), absolute)  # type: ignore[arg-type]
-                    reply = HostReply()
-                else:
-                    deadline = min(max(deadline, now + _allowance(frame, limits)), absolute)
-                    with trio.move_on_at(deadline):
+                    now = trio.current_time()
+                    if frame.name == "ExtendScriptTimeout":
+                        seconds = frame.args[0] if frame.args else 0
+                        if type(seconds) in (int, float):
+                            deadline = wall.deadline = min(now + float(seconds), absolute)  # type: ignore[arg-type]
+                        reply = HostReply()
+                    else:
+                        extended = min(max(deadline, now + _allowance(frame, limits)), absolute)
+                        if extended != deadline:
+                            deadline = wall.deadline = extended
                         reply = await host.call(frame.name, frame.args)
-                if reply is None:
-                    return _ended(Outcome.LIMIT_EXCEEDED, log, started, limit=LimitKind.WALL)
-                _check_reply(reply)
-                worker.set_runnable(pending, True)
-                worker.send(
-                    {
-                        "op": "reply",
-                        "id": pending.id,
-                        "value": reply.value,
-                        "end": reply.end,
-                        "error": reply.error,
-                        "failure_status": reply.failure_status,
-                        "failure_reason": reply.failure_reason,
-                    }
-                )
+                    _check_reply(reply)
+                    worker.set_runnable(pending, True)
+                    worker.send(
+                        {
+                            "op": "reply",
+                            "id": pending.id,
+                            "value": reply.value,
+                            "end": reply.end,
+                            "error": reply.error,
+                            "failure_status": reply.failure_status,
+                            "failure_reason": reply.failure_reason,
+                        }
+                    )
+            # Only the wall deadline leaves the loop this way.
+            return _ended(Outcome.LIMIT_EXCEEDED, log, started, limit=LimitKind.WALL)
         finally:
             if not finished:
                 # Wall time, a cancelled caller or a host error: stop the script in
