@@ -204,17 +204,7 @@ class CallRecords:
         for owner, cdr in legs:
             if owner is call:
                 return cdr
-        request = call.leg.request
-        cdr = _CDR(
-            id=uuid.uuid4().hex,
-            customer_id=call.account.customer_id if call.account is not None else None,
-            call_id=request.call_id,
-            direction=call.direction.lower(),
-            leg="caller",
-            from_uri=str(request.from_.uri),
-            to_uri=str(request.uri),
-            created=call.started,
-        )
+        cdr = _inbound_cdr(call, "caller")
         legs.append((call, cdr))
         return cdr
 
@@ -278,20 +268,8 @@ class CallRecords:
         """A waiting caller was answered and joined to the call that came back to it (a
         callback): both calls' records carry the bridge id, written when it ends."""
         self._bridge_caller(caller, bridge, now)
-        request = callback.leg.request
-        cdr = _CDR(
-            id=uuid.uuid4().hex,
-            customer_id=callback.account.customer_id if callback.account is not None else None,
-            call_id=request.call_id,
-            direction=callback.direction.lower(),
-            leg="callback",
-            from_uri=str(request.from_.uri),
-            to_uri=str(request.uri),
-            created=callback.started,
-            bridge_id=bridge.bridge_id,
-            answered_at=now,
-            status=200,
-        )
+        cdr = _inbound_cdr(callback, "callback")
+        cdr.bridge_id, cdr.answered_at, cdr.status = bridge.bridge_id, now, 200
         self._open[id(caller)].append((callback, cdr))
 
     def legs_bridged(self, owner: Placed, bridge: Bridge, legs: tuple[OutboundLeg, ...], now: float) -> None:
@@ -351,6 +329,21 @@ class CallRecords:
             ),
             f"{len(rows)} call records",
         )
+
+
+def _inbound_cdr(call: Call, leg: str) -> _CDR:
+    """A new record of the INVITE that started ``call``."""
+    request = call.leg.request
+    return _CDR(
+        id=uuid.uuid4().hex,
+        customer_id=call.account.customer_id if call.account is not None else None,
+        call_id=request.call_id,
+        direction=call.direction.lower(),
+        leg=leg,
+        from_uri=str(request.from_.uri),
+        to_uri=str(request.uri),
+        created=call.started,
+    )
 
 
 def _wall(mono: float | None, mono_start: float | None, wall_start: float) -> float | None:

@@ -8,7 +8,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,10 +196,16 @@ class Phone:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
+        return self.build(method, uri, from_=f"<sip:{self.user}@{self.from_host}>;tag={from_tag}", to=to,
+                          call_id=call_id, cseq=cseq, extra=extra, body=body)
+
+    def build(self, method: str, uri: str, *, from_: str, to: str, call_id: str, cseq: int,
+              extra: Iterable[tuple[str, str]] = (), body: bytes = b"") -> Request:
+        """A request from this phone's socket with exactly these From, To and CSeq."""
         headers = [
             ("Via", f"SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={new_branch()};rport"),
             ("Max-Forwards", "70"),
-            ("From", f"<sip:{self.user}@{self.from_host}>;tag={from_tag}"),
+            ("From", from_),
             ("To", to),
             ("Call-ID", call_id),
             ("CSeq", f"{cseq} {method}"),
