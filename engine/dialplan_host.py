@@ -143,7 +143,7 @@ class DialplanRunner:
         self.executions += 1
         self.executions_by_customer[account.customer_id] = running + 1
         host.trace_line(f"Dialplan trace commenced at {_stamp(self.wall_clock())}.")
-        host.trace_sip("received", leg.request.to_bytes())
+        host.trace_sip("received", leg.request.wire or leg.request.to_bytes())
         self.engine.publish(call, "dialplan", state="started", dialplan=name)
         result: ExecutionResult | None = None
         try:

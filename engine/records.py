@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sqlite3
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -178,7 +178,7 @@ class CallRecords:
     # -- traces -------------------------------------------------------------------------------
     def save_trace(self, call: Call, dialplan: str, lines: list[str], now: float) -> str:
         """Queue the trace of one dialplan run for storage; returns its id."""
-        trace_id = uuid.uuid4().hex
+        trace_id = secrets.token_hex(16)
         owner = call.account.customer_id if call.account is not None else None
         row = (trace_id, owner, call.leg.request.call_id, dialplan, now, "\n".join(lines))
         self._record(
@@ -214,7 +214,7 @@ class CallRecords:
         else:
             self._caller_cdr(call, now)
         cdr = _CDR(
-            id=uuid.uuid4().hex,
+            id=secrets.token_hex(16),
             customer_id=call.account.customer_id if call.account is not None else None,
             call_id=leg.call_id,
             direction="out",
@@ -335,7 +335,7 @@ def _inbound_cdr(call: Call, leg: str) -> _CDR:
     """A new record of the INVITE that started ``call``."""
     request = call.leg.request
     return _CDR(
-        id=uuid.uuid4().hex,
+        id=secrets.token_hex(16),
         customer_id=call.account.customer_id if call.account is not None else None,
         call_id=request.call_id,
         direction=call.direction.lower(),

@@ -122,6 +122,11 @@ class _Common:
         value = self.headers.get("Content-Type")
         return None if value is None else value.split(";")[0].strip().lower()
 
+    @property
+    def wire(self) -> bytes | None:
+        """The bytes this message arrived as (None for one built or changed here)."""
+        return self._memo.get("wire")  # type: ignore[no-any-return]
+
     def _required(self, name: str) -> str:
         value = self.headers.get(name)
         if value is None:

@@ -138,14 +138,14 @@ def test_messages_keep_the_bytes_they_came_or_went_as() -> None:
     # lingering transaction keeps.
     data = message(body=b"abc")
     received = parse_message_untrusted(data)
-    assert received.snapshot() is data
+    assert received.snapshot() is data and received.wire is data
     for padded in (b"\r\n" + data, data + b"junk"):
         kept = parse_message_untrusted(padded).snapshot()
         assert kept == data and parse_message_untrusted(kept) == received
     # A message built here is written once; its snapshot is what was sent.
     response = make_response(received, 200, to_tag="x1", body=b"v=0\r\n")  # type: ignore[arg-type]
     sent = response.to_bytes()
-    assert response.to_bytes() is sent and response.snapshot() is sent
+    assert response.to_bytes() is sent and response.snapshot() is sent and response.wire is None
     back = parse_message_untrusted(sent)
     assert back.body == response.body and back.headers.without("Content-Length") == response.headers
     # A changed copy is written anew.
