@@ -238,7 +238,8 @@ def _split_semis(text: str) -> list[str]:
 def _param_lookup(params: tuple[tuple[str, str | None], ...], name: str) -> str | None:
     name = name.lower()
     for key, value in params:
-        if key.lower() == name:
+        # (Names nearly always come in lower case already: no lower() for those.)
+        if key == name or key.lower() == name:
             return "" if value is None else value
     return None
 
