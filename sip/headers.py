@@ -459,9 +459,8 @@ def sent_via(transport: str, host: str, port: int, branch: str) -> str:
     """The Via line of a request this stack sends (``;rport`` asks for RFC 3581
     symmetric responses), its value filed in the parse memo as it is written: the
     transaction layer reads it back, and every response brings it back verbatim."""
-    transport = transport.upper()
-    via = Via(transport=transport, host=host, port=port, params=(("branch", branch), ("rport", None)))
-    text = f"SIP/2.0/{transport} {host}:{port};branch={branch};rport"
+    via = Via(transport=transport.upper(), host=host, port=port, params=(("branch", branch), ("rport", None)))
+    text = str(via)
     _VIA_MEMO.put(text, via)
     return text
 
