@@ -259,10 +259,7 @@ class CallRecords:
 
     def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
         self._bridge_caller(call, bridge, now)
-        for owner, cdr in self._open.get(id(call), []):
-            if owner is winner:
-                cdr.bridge_id = bridge.bridge_id
-                cdr.answered_at = cdr.answered_at or now
+        self.legs_bridged(call, bridge, (winner,), now)
 
     def inbound_bridged(self, caller: Call, callback: Call, bridge: Bridge, now: float) -> None:
         """A waiting caller was answered and joined to the call that came back to it (a
@@ -272,8 +269,8 @@ class CallRecords:
         cdr.bridge_id, cdr.answered_at, cdr.status = bridge.bridge_id, now, 200
         self._open[id(caller)].append((callback, cdr))
 
-    def legs_bridged(self, owner: Placed, bridge: Bridge, legs: tuple[OutboundLeg, ...], now: float) -> None:
-        """Answered legs the server placed itself were joined (a click-to-call)."""
+    def legs_bridged(self, owner: Call | Placed, bridge: Bridge, legs: tuple[OutboundLeg, ...], now: float) -> None:
+        """Answered legs of ``owner`` were joined (a call's winner, a click-to-call's two)."""
         for leg, cdr in self._open.get(id(owner), []):
             if any(leg is joined for joined in legs):
                 cdr.bridge_id = bridge.bridge_id
