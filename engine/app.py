@@ -131,6 +131,13 @@ class SIPApplication:
             )
         except SIPParseError as exc:
             response = make_response(request, exc.status, exc.reason, to_tag=new_tag())
+        if response.status == 401:
+            # A challenge keeps no transaction (RFC 3261 8.2.7): a flood of
+            # unauthenticated REGISTERs leaves nothing behind for 32 s (Timer J).
+            assert self.endpoint is not None
+            self.endpoint.respond_statelessly(
+                tx, response.replace(headers=response.headers.with_added(*SERVER_HEADER)))
+            return
         self.respond(tx, response)
 
     # -- periodic work --------------------------------------------------------------------

@@ -285,7 +285,7 @@ class CallEngine:
                 request, user=user, domain=from_domain, realm=from_domain, source=leg.source[0], now=now, proxy=True
             )
             if result.outcome is AuthOutcome.CHALLENGE:
-                leg.reject(407, headers=result.headers)
+                leg.challenge(407, result.headers)
                 return None
             if result.outcome is AuthOutcome.FORBIDDEN:
                 leg.reject(403, result.reason)

@@ -26,7 +26,7 @@ import trio
 from sip.dialog import Address, Dialog
 from sip.digest import authorization_for
 from sip.headers import Headers, sent_via
-from sip.message import Request, Response, make_response, new_branch, new_tag
+from sip.message import Request, Response, make_response, new_branch, new_tag, stateless_tag
 from sip.transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
@@ -99,6 +99,15 @@ class InboundLeg:
         self.final_status = status
         response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=headers)
         self.endpoint.respond(self.transaction, response)
+
+    def challenge(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
+        """Answer 401/407 without keeping the transaction (RFC 3261 8.2.7): a flood of
+        unauthenticated INVITEs leaves no state behind, and a retransmitted INVITE is
+        challenged again, with the same To tag."""
+        assert self.final_status is None
+        self.final_status = status
+        response = make_response(self.request, status, to_tag=stateless_tag(self.request), headers=headers)
+        self.endpoint.respond_statelessly(self.transaction, response)
 
     def answer(self, body: bytes, *, headers: tuple[tuple[str, str], ...] = ()) -> Dialog:
         """Send 200 OK with ``body`` (the SDP answer) and create the UAS dialog."""

@@ -34,7 +34,7 @@ from engine.events import Event, EventBus
 from engine.storage import LOCAL_DOMAIN, Account, Binding, Store
 from sip.errors import SIPParseError
 from sip.headers import NameAddr
-from sip.message import Request, Response, make_response, new_tag
+from sip.message import Request, Response, make_response, new_tag, stateless_tag
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ class Registrar:
 
         ``source`` is the address the request really came from, ``local`` the socket it
         arrived on, ``transport`` "UDP"/"TCP"/"TLS"/"WS"...; ``now`` is wall-clock
-        seconds.  A 200 is returned only once the change is committed to SQLite."""
+        seconds.  A 200 is returned only once the change is committed to SQLite.  A 401
+        is a challenge, to be sent without a transaction (RFC 3261 8.2.7): its To tag
+        is the request's :func:`~sip.message.stateless_tag`."""
         self._note_local_host(local[0])
         try:
             to = request.to
@@ -166,7 +168,7 @@ class Registrar:
         result = self._auth.check(request, user=user, domain=domain, realm=domain,
                                   source=source[0], now=now)
         if result.outcome is AuthOutcome.CHALLENGE:
-            return self._reply(request, 401, headers=result.headers)
+            return make_response(request, 401, to_tag=stateless_tag(request), headers=result.headers)
         if result.outcome is AuthOutcome.FORBIDDEN:
             return self._reply(request, 403, result.reason)
         if result.outcome is AuthOutcome.BAD_REQUEST:

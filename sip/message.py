@@ -7,6 +7,7 @@ depend only on a message (8.2.6 responses, 17.1.1.3 ACK for non-2xx, 9.1 CANCEL)
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,6 +44,16 @@ def new_branch() -> str:
 
 def new_tag() -> str:
     return secrets.token_hex(6)
+
+
+def stateless_tag(request: Request) -> str:
+    """The To tag of a response sent without a transaction (RFC 3261 8.2.7: "in a manner
+    that will generate the same tag for the same request consistently"): a digest of
+    what identifies the request, so a retransmission gets the tag its original got."""
+    via = request.top_via
+    identity = "\n".join((request.call_id, request.from_.tag or "", str(request.cseq.number),
+                           via.branch or "", via.host, str(via.port)))
+    return hashlib.blake2s(identity.encode(), digest_size=6).hexdigest()
 
 
 def new_call_id(host: str) -> str:

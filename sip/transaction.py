@@ -621,6 +621,30 @@ class TransactionLayer:
                 transaction.rejected_key = key
         return out
 
+    def respond_statelessly(self, transaction: ServerTransaction, response: Response, now: float) -> list[Action]:
+        """Send a final non-2xx ``response`` and drop the transaction at once.
+
+        RFC 3261 8.2.7: a challenge is best sent by a stateless UAS, "if unauthenticated
+        requests were handled statefully, then malicious floods of unauthenticated
+        requests could create massive amounts of transaction state".  Nothing is
+        retransmitted and no timer is armed: a retransmitted request finds no
+        transaction, reaches the TU again and is answered again, and the ACK of an
+        INVITE's answer goes to the TU, which ignores it.  The response's To tag must
+        be the same for the same request (:func:`sip.message.stateless_tag`).
+
+        Only a transaction that has sent no response yet can be answered this way."""
+        self._now = now
+        status = response.status
+        if not 300 <= status <= 699:
+            raise SIPValueError(f"Only a 300-699 response can be sent statelessly, not {status}")
+        if transaction.last_response is not None or transaction.state is not INITIAL[transaction.kind][0]:
+            raise SIPValueError("The transaction has answered already; respond() through it")
+        transaction.last_response = response
+        out: list[Action] = [Send(response, transaction.destination, transaction.transport)]
+        transaction.state = S.TERMINATED
+        self._forget(transaction, out)
+        return out
+
     def request(
         self, request: Request, destination: Address, transport: str, now: float
     ) -> tuple[ClientTransaction, list[Action]]:
@@ -754,8 +778,8 @@ class TransactionLayer:
 
         17.1.1.3 says that ACK reuses the INVITE's branch, but some widespread clients
         (SIPp's stock scenarios among them) give it a branch of its own.  Unmatched, the
-        server would retransmit its 401/407 until Timer H: seven useless datagrams per
-        call under load.  The ACK still names the dialog exactly (Call-ID, both tags,
+        server would retransmit its error (a 486, a 404) until Timer H: seven useless
+        datagrams per call under load.  The ACK still names the dialog exactly (Call-ID, both tags,
         CSeq number), and only a transaction that sent a non-2xx final response with
         that To tag can match, so a 2xx ACK (which goes to the TU) is never taken."""
         key = _dialog_key(ack, ack.to.tag)

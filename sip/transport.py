@@ -164,6 +164,11 @@ class SIPEndpoint:
         """Send a response through its server transaction."""
         self.perform(self.layer.respond(transaction, response, trio.current_time()))  # type: ignore[arg-type]
 
+    def respond_statelessly(self, transaction: object, response: Response) -> None:
+        """Send a final 300-699 response and drop the transaction (a challenge, RFC 3261
+        8.2.7; see :meth:`TransactionLayer.respond_statelessly`)."""
+        self.perform(self.layer.respond_statelessly(transaction, response, trio.current_time()))  # type: ignore[arg-type]
+
     def request(self, request: Request, destination: Address, transport: str = "UDP") -> object:
         """Start a client transaction; its events come to the handler."""
         tx, actions = self.layer.request(request, destination, transport, trio.current_time())

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
+from sip.errors import SIPValueError
 from sip.headers import Headers
 from sip.message import Request, Response, make_response, new_branch
 from sip.parse import parse_message_untrusted
@@ -385,6 +388,42 @@ def test_timer_h_ends_a_transaction_whose_error_is_never_acked() -> None:
         0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert fired[-1] == (32.0, [Terminated(tx)])
     assert layer.statistics()["server_transactions"] == 0
+
+
+def test_a_stateless_challenge_leaves_no_transaction_and_no_timer() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    actions = layer.receive(invite, PEER, "UDP", 0.0)
+    assert kinds(actions) == ["RequestReceived", "TryingDue"]
+    tx = actions[0].transaction  # type: ignore[union-attr]
+    challenge = make_response(invite, 407, to_tag="t1")
+
+    # The TU answers before the shell carries out TryingDue: no 100 goes out after.
+    assert layer.respond_statelessly(tx, challenge, 0.0) == [Send(challenge, PEER, "UDP"), Terminated(tx)]
+    assert layer.trying(tx, 0.0) == []
+    assert layer.statistics() == {"client_transactions": 0, "server_transactions": 0, "timer_entries": 0}
+    assert layer.next_deadline() is None
+
+    # The retransmitted INVITE is new to the layer: the TU sees it and answers again.
+    again = layer.receive(invite, PEER, "UDP", 0.5)
+    assert kinds(again) == ["RequestReceived", "TryingDue"]
+    layer.respond_statelessly(again[0].transaction, challenge, 0.5)  # type: ignore[union-attr]
+    # Its ACK (with the INVITE's branch, or one of its own) goes to the TU to ignore.
+    ack = make_request("ACK", branch=invite.branch)
+    assert kinds(layer.receive(ack, PEER, "UDP", 0.6)) == ["AckReceived"]
+
+
+def test_only_an_unanswered_transaction_can_be_answered_statelessly() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx = new_server_tx(layer, invite)  # its 100 Trying went out
+    with pytest.raises(SIPValueError, match="answered already"):
+        layer.respond_statelessly(tx, make_response(invite, 407, to_tag="t"), 0.0)
+    register = make_request("REGISTER")
+    tx = new_server_tx(layer, register)
+    with pytest.raises(SIPValueError, match="300-699"):
+        layer.respond_statelessly(tx, make_response(register, 200, to_tag="t"), 0.0)
+    assert layer.respond_statelessly(tx, make_response(register, 401, to_tag="t"), 0.0)[-1] == Terminated(tx)
 
 
 def test_invite_server_over_tcp_has_no_timer_g_and_no_timer_i() -> None:
