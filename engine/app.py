@@ -64,9 +64,15 @@ class SIPApplication:
 
     # -- the TU entry point (synchronous, from the endpoint) -----------------------------
     def handle(self, action: Action) -> None:
+        kind = type(action)
+        if kind is RequestReceived:
+            assert isinstance(action, RequestReceived)
+            if self._behind(action.request):
+                assert self.endpoint is not None
+                self.endpoint.shed(action.transaction, self.config.retry_after)
+                return
         if self.call_handler is not None and self.call_handler(action):
             return
-        kind = type(action)
         if kind is RequestReceived:
             assert isinstance(action, RequestReceived)
             self._on_request(action.transaction, action.request)
@@ -78,6 +84,33 @@ class SIPApplication:
         elif kind is AckReceived:
             pass  # an ACK for a 2xx we did not send as part of a dialog: nothing to do
         # Responses/timeouts for client transactions belong to the call engine.
+
+    def _behind(self, request: Request) -> bool:
+        """Shed load at the door: True for a new INVITE or REGISTER without credentials
+        that waited longer than ``overload_delay`` in the socket's queue.
+
+        A server that cannot keep up answers late; once a challenge takes longer than
+        T1 (500 ms) clients retransmit, and the retransmissions add to the load that
+        made them.  Refusing the cheapest requests to refuse, the ones nothing has been
+        spent on yet, keeps the server's time for the calls and registrations already
+        past their challenge.  (RFC 6357 discusses overload control for SIP; this is a
+        form of it that needs nothing from the neighbours.)"""
+        limit = self.config.overload_delay
+        if not limit:
+            return False
+        method = request.method
+        if method != "INVITE" and method != "REGISTER":
+            return False
+        assert self.endpoint is not None
+        if self.endpoint.queue_delay() <= limit:
+            return False
+        headers = request.headers
+        if headers.get("Proxy-Authorization") is not None or headers.get("Authorization") is not None:
+            return False
+        try:
+            return not request.to.tag
+        except SIPParseError:
+            return False
 
     def respond(self, transaction: ServerTransaction, response: Response) -> None:
         assert self.endpoint is not None

@@ -21,13 +21,16 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from sip.errors import SIPParseError
-from sip.message import Request, Response
+from sip.message import Request, Response, make_response, stateless_tag
 from sip.parse import StreamFramer, parse_message_untrusted
 from sip.transaction import Action, Address, Send, TransactionLayer, TryingDue
 from sip.validate import parse_error_response
@@ -36,6 +39,13 @@ log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 65535
 _UDP_BATCH = 32  # datagrams handled between yields to the scheduler
+
+# Kernel receive timestamps (socket(7) SO_TIMESTAMPNS: a struct timespec of
+# CLOCK_REALTIME in a control message).  Python's socket module does not name the
+# option; 35 is its value in Linux's generic socket ABI (x86, arm, riscv...).  Where it
+# is refused or differs, no control message arrives and the queue delay reads 0.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +110,11 @@ class SIPEndpoint:
         self._nursery: trio.Nursery | None = None
         self._timer_wakeup = trio.Event()
         self._armed_deadline = float("inf")
-        self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0}
+        self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0}
+        # The kernel's receive time of the datagram being handled (a timespec's bytes),
+        # for queue_delay(); None while a stream message is handled.
+        self._stamp: bytes | None = None
+        self._timestamps = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,6 +125,12 @@ class SIPEndpoint:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 udp.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        if sys.platform == "linux":
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._timestamps = True
             except OSError:
                 pass
         udp.bind((self.host, self.port))
@@ -160,6 +180,17 @@ class SIPEndpoint:
                     log.exception("transaction user failed on %s", type(action).__name__)
         self._rearm_timer()
 
+    def queue_delay(self) -> float:
+        """How long the message being handled waited in the UDP socket's queue before
+        it was read, in seconds: what a server behind its load sees grow.  0.0 for a
+        stream message, or where the kernel gives no receive timestamps."""
+        stamp = self._stamp
+        if stamp is None:
+            return 0.0
+        seconds, nanoseconds = _TIMESPEC.unpack_from(stamp)
+        waited: float = time.time() - (seconds + nanoseconds * 1e-9)
+        return waited if waited > 0.0 else 0.0
+
     def respond(self, transaction: object, response: Response) -> None:
         """Send a response through its server transaction."""
         self.perform(self.layer.respond(transaction, response, trio.current_time()))  # type: ignore[arg-type]
@@ -168,6 +199,16 @@ class SIPEndpoint:
         """Send a final 300-699 response and drop the transaction (a challenge, RFC 3261
         8.2.7; see :meth:`TransactionLayer.respond_statelessly`)."""
         self.perform(self.layer.respond_statelessly(transaction, response, trio.current_time()))  # type: ignore[arg-type]
+
+    def shed(self, transaction: object, retry_after: int) -> None:
+        """Refuse a new request because the server is behind (counted as "shed"): 503
+        with Retry-After (RFC 3261 21.5.4), sent statelessly so the refusal costs no
+        state either."""
+        request: Request = transaction.request  # type: ignore[attr-defined]
+        self.counters["shed"] += 1
+        response = make_response(request, 503, "Service Unavailable (overloaded)",
+                                 to_tag=stateless_tag(request), headers=(("Retry-After", str(retry_after)),))
+        self.respond_statelessly(transaction, response)
 
     def request(self, request: Request, destination: Address, transport: str = "UDP") -> object:
         """Start a client transaction; its events come to the handler."""
@@ -232,6 +273,9 @@ class SIPEndpoint:
         raw = self._udp
         assert raw is not None
         taken = 0
+        stamped = self._timestamps
+        recvmsg = raw.recvmsg
+        recvfrom = raw.recvfrom
         while True:
             # Counted before anything else, so a flood of keep-alives or ICMP errors
             # yields too.
@@ -240,7 +284,11 @@ class SIPEndpoint:
                 taken = 0
                 await trio.lowlevel.checkpoint()
             try:
-                data, addr = raw.recvfrom(MAX_DATAGRAM)
+                if stamped:
+                    data, control, _flags, addr = recvmsg(MAX_DATAGRAM, 64)
+                    self._stamp = control[0][2] if control else None
+                else:
+                    data, addr = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
                 taken = 0
                 await trio.lowlevel.wait_readable(raw)
@@ -348,6 +396,7 @@ class SIPEndpoint:
                 return
             for raw in messages:
                 self.counters["tcp_in"] += 1
+                self._stamp = None  # (a stream's queue is not the datagram queue)
                 self.receive_bytes(raw, incoming)
             if not messages and len(data) >= 4 and not data.strip(b"\r\n"):
                 # RFC 5626 3.5.1: answer a CRLFCRLF ping with a CRLF pong.

@@ -1,0 +1,138 @@
+"""The door of the server.  Challenges keep no state (RFC 3261 8.2.7): a 401/407 leaves
+no transaction behind, is never retransmitted by the server, and a retransmitted request
+is challenged again with the same To tag.  A server that has fallen behind refuses new
+requests without credentials (503) and carries on with those past their challenge."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import trio
+
+from engine.server import Server
+from sip.message import Request, make_ack_for_error
+from tests.calls.helpers import Phone, phones, provision, running_server, sdp
+
+
+def _server_transactions(server: Server) -> int:
+    assert server.endpoint is not None
+    return server.endpoint.statistics()["server_transactions"]
+
+
+async def _no_response(phone: Phone, call_id: str, method: str, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        got = await phone.next_response(call_id=call_id, method=method, within=seconds + 1)
+        raise AssertionError(f"unexpected response: {got.to_bytes()!r}")
+
+
+def _send_and_stall(phone: Phone, *requests: Request) -> None:
+    """Send from the phone's socket without yielding to trio, then stall the one trio
+    loop the server runs in too: the datagrams wait in its socket as they would behind
+    a backlog."""
+    with socket.socket(fileno=os.dup(phone.sock.fileno())) as raw:
+        for request in requests:
+            raw.sendto(request.to_bytes(), phone.server)
+    time.sleep(0.35)
+
+
+async def test_an_unauthenticated_invite_is_challenged_without_a_transaction(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "alice") as (alice,):
+            before = _server_transactions(server)
+            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",  # type: ignore[index]
+                                 from_="<sip:alice@127.0.0.1>;tag=a1", to="<sip:bob@127.0.0.1>",
+                                 call_id="stateless-1@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            await alice.send(invite)
+            first = await alice.next_response(call_id="stateless-1@uac")
+            assert first.status == 407  # no 100 before it
+            assert first.headers.get("Proxy-Authenticate")
+            assert _server_transactions(server) == before
+
+            # No Timer G: the server does not retransmit its 407 (T1 is 0.5 s) ...
+            await _no_response(alice, "stateless-1@uac", "INVITE", 0.8)
+            # ... the caller's retransmission is what gets it again, with the same tag.
+            await alice.send(invite)
+            second = await alice.next_response(call_id="stateless-1@uac")
+            assert second.status == 407
+            assert second.to.tag == first.to.tag
+            # The ACK is absorbed: no answer, no state.
+            await alice.send(make_ack_for_error(invite, second))
+            await _no_response(alice, "stateless-1@uac", "ACK", 0.3)
+            assert _server_transactions(server) == before
+
+
+async def test_an_unauthenticated_register_is_challenged_without_a_transaction(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, None)})
+        async with phones(server, "alice", register=False) as (alice,):
+            register = alice.build("REGISTER", "sip:127.0.0.1", from_="<sip:alice@127.0.0.1>;tag=r1",
+                                   to="<sip:alice@127.0.0.1>", call_id="stateless-2@reg", cseq=1,
+                                   extra=[("Expires", "600")])
+            await alice.send(register)
+            first = await alice.next_response(call_id="stateless-2@reg", method="REGISTER")
+            assert first.status == 401
+            assert first.headers.get("Server")
+            assert _server_transactions(server) == 0
+
+            await _no_response(alice, "stateless-2@reg", "REGISTER", 0.8)
+            await alice.send(register)
+            second = await alice.next_response(call_id="stateless-2@reg", method="REGISTER")
+            assert (second.status, second.to.tag) == (401, first.to.tag)
+            assert _server_transactions(server) == 0
+            # The challenge is answerable as before.
+            assert (await alice.register()).status == 200
+
+
+async def test_a_server_behind_sheds_new_requests_without_credentials(tmp_path: Path) -> None:
+    async with running_server(tmp_path, overload_delay=0.2) as server:
+        assert server.endpoint is not None and server.sip_address is not None
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
+                                 from_="<sip:alice@127.0.0.1>;tag=b1", to="<sip:bob@127.0.0.1>",
+                                 call_id="behind-1@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            register = alice.build("REGISTER", "sip:127.0.0.1", from_="<sip:alice@127.0.0.1>;tag=b2",
+                                   to="<sip:alice@127.0.0.1>", call_id="behind-2@reg", cseq=1)
+            _send_and_stall(alice, invite, register)
+            shed = await alice.next_response(call_id="behind-1@uac")
+            assert (shed.status, shed.reason) == (503, "Service Unavailable (overloaded)")
+            assert shed.headers.get("Retry-After") == "5"
+            shed_register = await alice.next_response(call_id="behind-2@reg", method="REGISTER")
+            assert shed_register.status == 503
+            assert server.endpoint.statistics()["shed"] == 2
+
+            # On time, the same INVITE is challenged as usual ...
+            await alice.send(invite)
+            challenge = await alice.next_response(call_id="behind-1@uac")
+            assert challenge.status == 407
+            await alice.send(make_ack_for_error(invite, challenge))
+            # ... and its answer to the challenge is carried on with even when it waited.
+            answered = alice.build(
+                "INVITE", str(invite.uri), from_="<sip:alice@127.0.0.1>;tag=b1", to="<sip:bob@127.0.0.1>",
+                call_id="behind-1@uac", cseq=2, body=invite.body,
+                extra=[("Proxy-Authorization", alice._authorization(challenge, "INVITE", str(invite.uri)))])
+            _send_and_stall(alice, answered)
+            incoming = await bob.next_request("INVITE")
+            await bob.send(bob.reply(incoming, 486), incoming.source)
+            final = await alice.next_response(call_id="behind-1@uac", final=True)
+            assert (final.status, final.cseq.number) == (486, 2)
+            assert server.endpoint.statistics()["shed"] == 2
+
+
+async def test_shedding_is_off_with_overload_delay_0(tmp_path: Path) -> None:
+    async with running_server(tmp_path, overload_delay=0) as server:
+        assert server.endpoint is not None and server.sip_address is not None
+        provision(server, accounts={"alice": (None, "out")}, dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "alice", register=False) as (alice,):
+            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
+                                 from_="<sip:alice@127.0.0.1>;tag=c1", to="<sip:bob@127.0.0.1>",
+                                 call_id="behind-3@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            _send_and_stall(alice, invite)
+            assert (await alice.next_response(call_id="behind-3@uac")).status == 407
+            assert server.endpoint.statistics()["shed"] == 0
