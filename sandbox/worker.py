@@ -15,7 +15,9 @@ One worker runs many executions, but only one at a time, each on its own greenle
 * the process itself is capped: RLIMIT_DATA (heap), RLIMIT_FSIZE 0, RLIMIT_CORE 0,
   a small RLIMIT_NOFILE after start-up, and a large RLIMIT_STACK set *before* the
   interpreter starts (the worker re-execs itself once), so that hashing a deeply
-  nested tuple (gh-154318: C recursion without a guard) runs out of heap, not stack.
+  nested tuple (gh-154318: C recursion without a guard) runs out of heap, not stack;
+  after its warm-up a seccomp filter (sandbox.seccomp) takes away files, sockets,
+  processes and signals to others.
 
 The pool is the backstop for everything else: it owns the wall clock and kills a
 worker that crashes, stalls or sends garbage.  Frames from the pool are trusted; the
@@ -42,6 +44,7 @@ from typing import Any
 
 import greenlet
 
+from sandbox import seccomp
 from sandbox.control import Cancelled, EndScript, LimitExceeded, ScriptControl
 from sandbox.facade import Regex, RegexCache, Reply, Request, Sys
 from sandbox.framing import HEADER, encode_frame
@@ -57,7 +60,11 @@ _PREEMPT = "preempt"
 _HEARTBEAT_SECONDS = 0.5
 _MAX_MESSAGE = 1024
 _CACHE_SIZE = 512
+# Every lazy import a dialplan can cause must happen here: once the worker is confined
+# it cannot open a file.  The fullwidth identifier makes the parser import unicodedata
+# (it normalises identifiers with NFKC).
 _WARM_UP = """
+ｗ = "é".upper()
 x = [i * 2 for i in range(3)]
 sys.Log("%s %d %r" % ("a", 1, x) + f"{x!r:>5}" + "b".ljust(3) + ",".join(["c"]))
 m = re.search(r"(\\d+)", "ab12")
@@ -524,6 +531,13 @@ def _confine(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
+    # Last: from here on the process opens nothing, forks nothing, reaches no one.
+    try:
+        seccomp.install()
+    except OSError as exc:
+        # A kernel without seccomp (or a container forbidding it) leaves the policy and
+        # the rlimits as the walls; say so where the operator looks.
+        sys.stderr.write(f"dialspell sandbox worker {os.getpid()}: no seccomp filter: {exc}\n")
 
 
 def _warm_up(worker: Worker) -> None:
