@@ -47,7 +47,7 @@ class ServerConfig:
     executions_per_customer: int = 5
     executions_per_server: int = 1000
     retry_after: int = 5
-    # Overload: a new INVITE or REGISTER without credentials that waited longer than
+    # Overload: a new INVITE without credentials that waited longer than
     # this (seconds) in the UDP socket's queue gets 503 + Retry-After; 0 turns it off.
     overload_delay: float = 0.4
     # Outbound mail (traces, sys.Email).  No host: mails go to <data_dir>/outbox.
