@@ -15,7 +15,10 @@ EPERM every system call that would reach outside it:
   process_vm_readv/writev, pidfd_*; and raising or lowering anybody's limits or
   priority (prlimit64, setrlimit, setpriority, sched_set*, ioprio_set);
 * kernel surfaces a worker never uses: io_uring (whose operations seccomp cannot
-  see), bpf, perf_event_open, userfaultfd, keyrings, namespaces, mounts, modules.
+  see), bpf, perf_event_open, userfaultfd, keyrings, namespaces, mounts, modules;
+* and the two ``ioctl`` requests that push input into a terminal (TIOCSTI,
+  TIOCLINUX): a worker's standard error is the server's, which may be the
+  operator's terminal, and typed-in input would run in the operator's shell.
 
 A call under another ABI than the native one (``int 0x80`` on x86-64, or the x32
 numbers) is refused too: its numbers would not mean what the list says.
@@ -64,6 +67,10 @@ DENIED_X86_64: dict[str, int] = {
     "quotactl": 179, "fanotify_init": 300, "mq_open": 240,
 }
 
+_IOCTL = 16
+# <asm-generic/ioctls.h>: fake input on a terminal, and the console's selection paste.
+DENIED_IOCTLS = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+
 # <linux/filter.h>, <linux/seccomp.h>, <linux/prctl.h>
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
@@ -76,6 +83,7 @@ _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
 _OFFSET_NR = 0
 _OFFSET_ARCH = 4
+_OFFSET_ARG1_LOW = 24  # seccomp_data.args[1], its low 32 bits (little-endian)
 
 _INSTRUCTION = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 
@@ -88,13 +96,21 @@ def program(denied: dict[str, int] = DENIED_X86_64) -> list[tuple[int, int, int,
     """The BPF instructions: (code, jt, jf, k) each; every denied call ends in EPERM."""
     numbers = sorted(set(denied.values()))
     deny = _SECCOMP_RET_ERRNO | errno.EPERM
-    # Layout: arch check, x32 check, one JEQ per number, ALLOW, DENY.
+    requests = sorted(DENIED_IOCTLS.values())
+    # Layout: arch check; ioctl's request check; x32 check, one JEQ per number, ALLOW, DENY.
     body: list[tuple[int, int, int, int]] = [
         (_LD_W_ABS, 0, 0, _OFFSET_ARCH),
         (_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),
         (_RET_K, 0, 0, deny),
         (_LD_W_ABS, 0, 0, _OFFSET_NR),
+        # Not ioctl: on to the number checks, past this block.
+        (_JEQ_K, 0, len(requests) + 3, _IOCTL),
+        (_LD_W_ABS, 0, 0, _OFFSET_ARG1_LOW),
     ]
+    for index, request in enumerate(requests):
+        body.append((_JEQ_K, len(requests) - index, 0, request))  # to the DENY below
+    body.append((_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    body.append((_RET_K, 0, 0, deny))
     checks = 1 + len(numbers)  # the x32 test, then the numbers
     for index in range(checks):
         to_deny = checks - index  # past the remaining checks and ALLOW

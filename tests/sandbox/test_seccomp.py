@@ -27,9 +27,9 @@ def seccomp_mode(pid: int) -> str:
     return "?"
 
 
-def verdict(nr: int, arch: int = ARCH_X86_64) -> int:
+def verdict(nr: int, arch: int = ARCH_X86_64, arg1: int = 0) -> int:
     """Run the filter program the way the kernel would, for one system call."""
-    data = {0: nr, 4: arch}
+    data = {0: nr, 4: arch, 24: arg1 & 0xFFFFFFFF}
     accumulator = 0
     pc = 0
     program = seccomp.program()
@@ -56,6 +56,10 @@ def test_the_program_refuses_every_listed_call_and_nothing_a_worker_needs() -> N
     # exit_group, getrandom: what the worker lives on.
     for nr in (0, 1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 38, 39, 60, 228, 231, 318):
         assert verdict(nr) == ALLOW, nr
+    # ioctl stays, except the requests that type into a terminal.
+    assert verdict(16, arg1=0x5401) == ALLOW  # TCGETS
+    assert verdict(16, arg1=0x5412) == EPERM  # TIOCSTI
+    assert verdict(16, arg1=0x541C) == EPERM  # TIOCLINUX
     # Another ABI's numbers would mean other calls: refused outright.
     assert verdict(1, arch=ARCH_I386) == EPERM
     assert verdict(0x40000000 + 1) == EPERM  # x32's write
@@ -64,7 +68,7 @@ def test_the_program_refuses_every_listed_call_and_nothing_a_worker_needs() -> N
 @needs_seccomp
 def test_a_confined_process_opens_nothing_and_reaches_no_one() -> None:
     probe = r"""
-import os, socket, sys
+import fcntl, os, socket, sys, termios
 from sandbox import seccomp
 assert seccomp.install()
 for name, attempt in [
@@ -75,6 +79,7 @@ for name, attempt in [
     ("fork", os.fork),
     ("exec", lambda: os.execv("/bin/true", ["true"])),
     ("kill", lambda: os.kill(os.getppid(), 0)),
+    ("type into a terminal", lambda: fcntl.ioctl(2, termios.TIOCSTI, b"x")),
 ]:
     try:
         attempt()
@@ -87,7 +92,7 @@ print("still running", os.getpid() > 0)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n") == [
         "open refused", "create refused", "unlink refused", "socket refused", "fork refused",
-        "exec refused", "kill refused", "still running True", "",
+        "exec refused", "kill refused", "type into a terminal refused", "still running True", "",
     ]
 
 
