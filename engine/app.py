@@ -115,9 +115,14 @@ class SIPApplication:
         except SIPParseError:
             return False
 
-    def respond(self, transaction: ServerTransaction, response: Response) -> None:
+    def respond(self, transaction: ServerTransaction, response: Response, *, stateless: bool = False) -> None:
+        """Answer with our Server header; ``stateless`` for a challenge (RFC 3261 8.2.7)."""
         assert self.endpoint is not None
-        self.endpoint.respond(transaction, response.replace(headers=response.headers.with_added(*SERVER_HEADER)))
+        response = response.replace(headers=response.headers.with_added(*SERVER_HEADER))
+        if stateless:
+            self.endpoint.respond_statelessly(transaction, response)
+        else:
+            self.endpoint.respond(transaction, response)
 
     def _on_request(self, tx: ServerTransaction, request: Request) -> None:
         method = request.method
@@ -167,14 +172,9 @@ class SIPApplication:
             )
         except SIPParseError as exc:
             response = make_response(request, exc.status, exc.reason, to_tag=new_tag())
-        if response.status == 401:
-            # A challenge keeps no transaction (RFC 3261 8.2.7): a flood of
-            # unauthenticated REGISTERs leaves nothing behind for 32 s (Timer J).
-            assert self.endpoint is not None
-            self.endpoint.respond_statelessly(
-                tx, response.replace(headers=response.headers.with_added(*SERVER_HEADER)))
-            return
-        self.respond(tx, response)
+        # A challenge keeps no transaction: a flood of unauthenticated REGISTERs leaves
+        # nothing behind for 32 s (Timer J).
+        self.respond(tx, response, stateless=response.status == 401)
 
     # -- periodic work --------------------------------------------------------------------
     async def run_keepalives(self) -> None:
