@@ -286,7 +286,7 @@ class SIPEndpoint:
             try:
                 if stamped:
                     data, control, _flags, addr = recvmsg(MAX_DATAGRAM, 64)
-                    self._stamp = control[0][2] if control else None
+                    self._stamp = control[0][2] if control and control[0][1] == _SO_TIMESTAMPNS else None
                 else:
                     data, addr = recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
