@@ -28,6 +28,15 @@ async def _no_response(phone: Phone, call_id: str, method: str, seconds: float) 
         raise AssertionError(f"unexpected response: {got.to_bytes()!r}")
 
 
+def _invite_to_bob(alice: Phone, server: Server, call_id: str, tag: str, *, cseq: int = 1,
+                   extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
+    """alice's INVITE to bob through the server, exactly as given (no challenge answered)."""
+    assert server.sip_address is not None
+    return alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
+                       from_=f"<sip:alice@127.0.0.1>;tag={tag}", to="<sip:bob@127.0.0.1>",
+                       call_id=call_id, cseq=cseq, body=sdp("127.0.0.1", 40000), extra=extra)
+
+
 def _send_and_stall(phone: Phone, *requests: Request) -> None:
     """Send from the phone's socket without yielding to trio, then stall the one trio
     loop the server runs in too: the datagrams wait in its socket as they would behind
@@ -44,9 +53,7 @@ async def test_an_unauthenticated_invite_is_challenged_without_a_transaction(tmp
                   dialplans={"out": 'sys.Dial("bob@local")\n'})
         async with phones(server, "alice") as (alice,):
             before = _server_transactions(server)
-            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",  # type: ignore[index]
-                                 from_="<sip:alice@127.0.0.1>;tag=a1", to="<sip:bob@127.0.0.1>",
-                                 call_id="stateless-1@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            invite = _invite_to_bob(alice, server, "stateless-1@uac", "a1")
             await alice.send(invite)
             first = await alice.next_response(call_id="stateless-1@uac")
             assert first.status == 407  # no 100 before it
@@ -94,9 +101,7 @@ async def test_a_server_behind_sheds_new_invites_without_credentials(tmp_path: P
         provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
                   dialplans={"out": 'sys.Dial("bob@local")\n'})
         async with phones(server, "alice", "bob") as (alice, bob):
-            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
-                                 from_="<sip:alice@127.0.0.1>;tag=b1", to="<sip:bob@127.0.0.1>",
-                                 call_id="behind-1@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            invite = _invite_to_bob(alice, server, "behind-1@uac", "b1")
             register = alice.build("REGISTER", "sip:127.0.0.1", from_="<sip:alice@127.0.0.1>;tag=b2",
                                    to="<sip:alice@127.0.0.1>", call_id="behind-2@reg", cseq=1)
             _send_and_stall(alice, invite, register)
@@ -114,9 +119,8 @@ async def test_a_server_behind_sheds_new_invites_without_credentials(tmp_path: P
             assert challenge.status == 407
             await alice.send(make_ack_for_error(invite, challenge))
             # ... and its answer to the challenge is carried on with even when it waited.
-            answered = alice.build(
-                "INVITE", str(invite.uri), from_="<sip:alice@127.0.0.1>;tag=b1", to="<sip:bob@127.0.0.1>",
-                call_id="behind-1@uac", cseq=2, body=invite.body,
+            answered = _invite_to_bob(
+                alice, server, "behind-1@uac", "b1", cseq=2,
                 extra=[("Proxy-Authorization", alice._authorization(challenge, "INVITE", str(invite.uri)))])
             _send_and_stall(alice, answered)
             incoming = await bob.next_request("INVITE")
@@ -131,9 +135,7 @@ async def test_shedding_is_off_with_overload_delay_0(tmp_path: Path) -> None:
         assert server.endpoint is not None and server.sip_address is not None
         provision(server, accounts={"alice": (None, "out")}, dialplans={"out": 'sys.Dial("bob@local")\n'})
         async with phones(server, "alice", register=False) as (alice,):
-            invite = alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
-                                 from_="<sip:alice@127.0.0.1>;tag=c1", to="<sip:bob@127.0.0.1>",
-                                 call_id="behind-3@uac", cseq=1, body=sdp("127.0.0.1", 40000))
+            invite = _invite_to_bob(alice, server, "behind-3@uac", "c1")
             _send_and_stall(alice, invite)
             assert (await alice.next_response(call_id="behind-3@uac")).status == 407
             assert server.endpoint.statistics()["shed"] == 0
