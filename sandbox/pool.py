@@ -87,10 +87,15 @@ class _Pending:
 
     __slots__ = ("id", "worker", "send", "receive", "runnable", "orphan")
 
+    send: trio.MemorySendChannel[WorkerFrame | _Crashed]
+    receive: trio.MemoryReceiveChannel[WorkerFrame | _Crashed]
+
     def __init__(self, ident: int, worker: _Worker) -> None:
         self.id = ident
         self.worker = worker
-        self.send, self.receive = trio.open_memory_channel[WorkerFrame | _Crashed](math.inf)
+        # (Not open_memory_channel[...](): subscripting it at run time goes through the
+        # typing machinery, once per execution.)
+        self.send, self.receive = trio.open_memory_channel(math.inf)
         self.runnable = False
         self.orphan = False
 
@@ -108,6 +113,7 @@ class _Worker:
         self.runnable = 0
         self.outgoing, self._outgoing_receive = trio.open_memory_channel[bytes](math.inf)
         self.watchdog = trio.CancelScope()
+        self.last_heard = 0.0  # when a runnable execution last made the worker talk
         self.decoder = FrameDecoder(MAX_WORKER_FRAME)
         self.ready_seen = False
         self.replaced = False
@@ -167,19 +173,23 @@ class _Worker:
 
     # --- liveness -------------------------------------------------------------------
 
+    # The watchdog's deadline is moved lazily: a frame heard or an execution becoming
+    # runnable only notes the time, and _watch, woken by a deadline that may be stale,
+    # compares it with last_heard before it kills.  Moving a trio deadline costs a
+    # heap update; a dialplan run changed it six times.
     def set_runnable(self, pending: _Pending, runnable: bool) -> None:
         if pending.runnable == runnable:
             return
         pending.runnable = runnable
         self.runnable += 1 if runnable else -1
-        if runnable and self.watchdog.deadline == math.inf:
-            self.watchdog.deadline = trio.current_time() + self.pool.limits.stall_seconds
-        elif self.runnable == 0:
-            self.watchdog.deadline = math.inf
+        if runnable:
+            self.last_heard = now = trio.current_time()
+            if self.watchdog.deadline == math.inf:
+                self.watchdog.deadline = now + self.pool.limits.stall_seconds
 
     def heard(self) -> None:
         if self.runnable:
-            self.watchdog.deadline = trio.current_time() + self.pool.limits.stall_seconds
+            self.last_heard = trio.current_time()
 
     def fail_all(self, reason: str) -> None:
         self.state = WorkerState.DEAD
@@ -310,11 +320,20 @@ class SandboxPool:
             logger.exception("could not replace a sandbox worker")
 
     async def _watch(self, worker: _Worker) -> None:
-        with worker.watchdog:
-            await trio.sleep_forever()
-        if worker.watchdog.cancelled_caught:
-            logger.warning("sandbox worker %s stalled; killing it", worker.pid)
-            worker.process.kill()
+        """Kill the worker once a runnable execution has left it silent for
+        ``stall_seconds`` (see _Worker.set_runnable)."""
+        stall = self.limits.stall_seconds
+        while True:
+            with worker.watchdog:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            if worker.runnable and now >= worker.last_heard + stall:
+                logger.warning("sandbox worker %s stalled; killing it", worker.pid)
+                worker.process.kill()
+                return
+            # Heard from since the deadline was set, or idle: wait for the next one.
+            worker.watchdog = trio.CancelScope(
+                deadline=worker.last_heard + stall if worker.runnable else math.inf)
 
     async def _read(self, worker: _Worker) -> str:
         """Read frames until EOF (or, while starting, until ready); say why it ended."""

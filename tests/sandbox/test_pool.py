@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -122,6 +123,42 @@ async def test_a_segfaulting_worker_crashes_only_its_executions_and_is_replaced(
         assert after.outcome is Outcome.COMPLETED
         assert pool.worker_pids() != before
         assert pool.crashes == 1
+
+
+async def test_a_frozen_worker_is_killed_once_silent_for_the_stall_time() -> None:
+    limits = Limits(stall_seconds=1.0, cpu_seconds=30.0, wall_seconds=30.0)
+    async with SandboxPool(workers=1, limits=limits) as pool:
+        (pid,) = pool.worker_pids()
+        outcome: list[Outcome] = []
+
+        async def spin() -> None:
+            result = await pool.run("while True:\n    pass\n", request=REQUEST, context=CONTEXT, host=RecordingHost())
+            outcome.append(result.outcome)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                started = trio.current_time()
+                nursery.start_soon(spin)
+                await trio.sleep(0.3)
+                os.kill(pid, signal.SIGSTOP)  # runnable work, and not a word from it
+        assert outcome == [Outcome.CRASHED]
+        # (Silent since the run was sent, before its first heartbeat was due.)
+        assert 1.0 <= trio.current_time() - started < 3.0
+        assert pool.crashes == 1
+        with trio.fail_after(20):
+            after = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert after.outcome is Outcome.COMPLETED and pid not in pool.worker_pids()
+
+
+async def test_a_worker_that_keeps_reporting_outlives_the_stall_time() -> None:
+    # The worker ticks every 0.5 s while it runs a script: three seconds of CPU at a
+    # stall time of 1.2 s end at the CPU limit, not with the watchdog's kill.
+    limits = Limits(stall_seconds=1.2, cpu_seconds=3.0, wall_seconds=30.0)
+    async with SandboxPool(workers=1, limits=limits) as pool:
+        with trio.fail_after(20):
+            result = await pool.run("while True:\n    pass\n", request=REQUEST, context=CONTEXT, host=RecordingHost())
+        assert result.outcome is Outcome.LIMIT_EXCEEDED and result.limit is LimitKind.CPU
+        assert pool.crashes == 0
 
 
 async def test_the_default_stack_prevents_the_nested_tuple_segfault() -> None:
