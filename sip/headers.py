@@ -298,7 +298,11 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return self.param("tag")
+        # (_param_lookup written out: read several times for every message.)
+        for key, value in self.params:
+            if key == "tag" or key.lower() == "tag":
+                return "" if value is None else value
+        return None
 
     def with_tag(self, tag: str) -> NameAddr:
         """A copy with this ``tag`` parameter (replacing any)."""
@@ -437,7 +441,10 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return self.param("branch")
+        for key, value in self.params:  # (as NameAddr.tag)
+            if key == "branch" or key.lower() == "branch":
+                return "" if value is None else value
+        return None
 
     @property
     def sent_by(self) -> tuple[str, int]:

@@ -549,7 +549,7 @@ class TransactionLayer:
 
     __slots__ = (
         "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
-        "_udp_intervals", "_reliable_intervals", "_rejected_invites",
+        "_udp_intervals", "_reliable_intervals", "_rejected_invites", "timers_started",
     )
 
     def __init__(
@@ -567,6 +567,9 @@ class TransactionLayer:
         self._rejected_invites: dict[Key, ServerTransaction] = {}
         self._heap: TimerHeap[Transaction] = TimerHeap()
         self._now = 0.0
+        #: Timers started so far: while it stays the same, no deadline earlier than the
+        #: last :meth:`next_deadline` can have appeared (a driver need not ask again).
+        self.timers_started = 0
 
     # -- the public API ------------------------------------------------------------------
 
@@ -943,6 +946,7 @@ class TransactionLayer:
             # space the next one a full interval out, rather than bursting to catch up.
             deadline = self._now + interval
         self._heap.push(deadline, tx, timer)
+        self.timers_started += 1
 
     def _forget(self, tx: Transaction, out: list[Action]) -> None:
         if isinstance(tx, ClientTransaction):

@@ -110,6 +110,7 @@ class SIPEndpoint:
         self._nursery: trio.Nursery | None = None
         self._timer_wakeup = trio.Event()
         self._armed_deadline = float("inf")
+        self._timers_seen = -1
         self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0}
         # The kernel's receive time of the datagram being handled (a timespec's bytes),
         # for queue_delay(); None while a stream message is handled.
@@ -419,6 +420,11 @@ class SIPEndpoint:
 
     # -- timers ---------------------------------------------------------------------------
     def _rearm_timer(self) -> None:
+        # Only a timer started since the last look can be due before the armed deadline.
+        started = self.layer.timers_started
+        if started == self._timers_seen:
+            return
+        self._timers_seen = started
         deadline = self.layer.next_deadline()
         if deadline is not None and deadline < self._armed_deadline:
             self._timer_wakeup.set()
