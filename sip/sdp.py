@@ -368,7 +368,9 @@ def rewrite_connection_addresses(sdp_bytes: bytes, new_ip: str, *, only_private:
             old = Connection.parse(line.value)
             fixed = fix(old)
             return line if fixed is old else replace(line, value=str(fixed))
-        if line.type == "o":
+        if line.type == "o" and id(line) in session_origin:
+            # (Only the session's origin: RFC 4566 has no o= in a media description, and
+            # one found there is passed on as it came, as the parser lets it through.)
             origin = Origin.parse(line.value)
             as_connection = Connection(
                 nettype=origin.nettype, addrtype=origin.addrtype, address=origin.address
@@ -388,6 +390,7 @@ def rewrite_connection_addresses(sdp_bytes: bytes, new_ip: str, *, only_private:
             return replace(line, value=f"rtcp:{rtcp.port} {fixed}")
         return line
 
+    session_origin = {id(line) for line in sdp.session_lines if line.type == "o"}
     rewritten = sdp.map_lines(change)
     if rewritten == sdp:
         return sdp_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sip.errors import SDPError, SIPValueError
@@ -165,6 +165,7 @@ _LINES = st.sampled_from(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(_LINES, st.binary(max_size=30)), max_size=12),
        st.sampled_from([b"\r\n", b"\n"]))
+@example(lines=[b"m=audio 4000 RTP/AVP 0 8", b"o="], eol=b"\r\n")  # o= in a media section
 def test_hostile_bodies_raise_only_sdp_error(lines: list[bytes], eol: bytes) -> None:
     body = eol.join(lines)
     for candidate in (body, b"v=0" + eol + body):
@@ -205,3 +206,12 @@ def test_the_private_address_precheck_never_skips_a_body_the_rewrite_would_chang
     if rewritten != body:
         assert mentions_private_ipv4(body)
     assert not mentions_private_ipv4(b"v=0\r\nc=IN IP4 203.0.113.9\r\nm=audio 4000 RTP/AVP 0\r\n")
+
+
+def test_only_the_sessions_origin_is_rewritten() -> None:
+    # RFC 4566 has no o= in a media description; the parser lets one through, and the
+    # rewrite passes it on as it came instead of failing on it.
+    body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\nm=audio 4000 RTP/AVP 0 8\r\no=\r\nc=IN IP4 10.0.0.2\r\n"
+    assert rewrite_connection_addresses(body, "203.0.113.1") == (
+        b"v=0\r\no=- 1 1 IN IP4 203.0.113.1\r\nm=audio 4000 RTP/AVP 0 8\r\no=\r\nc=IN IP4 203.0.113.1\r\n"
+    )
