@@ -92,7 +92,7 @@ def canonical_name(name: str) -> str:
     return known
 
 
-def index_key(name: str) -> str:
+def _index_key(name: str) -> str:
     """The key :class:`Headers` indexes a header name under (canonical, lower case)."""
     known = _KEYS.get(name)
     if known is None:
@@ -576,7 +576,7 @@ class Headers:
             canonical.append((known, value))
             key = keys.get(known)
             if key is None:
-                key = index_key(known)
+                key = _index_key(known)
             bucket = lists.get(key)
             if bucket is None:
                 lists[key] = [value]
@@ -604,7 +604,7 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and index_key(name) in self._index
+        return isinstance(name, str) and _index_key(name) in self._index
 
     def __repr__(self) -> str:
         return f"Headers({list(self._items)!r})"
@@ -617,11 +617,11 @@ class Headers:
 
     def lines(self, name: str) -> list[str]:
         """Every header line of that name, unsplit."""
-        return list(self._index.get(index_key(name), ()))
+        return list(self._index.get(_index_key(name), ()))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (the first comma-separated one for multi-value)."""
-        key = index_key(name)
+        key = _index_key(name)
         lines = self._index.get(key)
         if not lines:
             return default
@@ -632,7 +632,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """All values of a header, in order, split on commas for multi-value headers."""
-        key = index_key(name)
+        key = _index_key(name)
         lines = self._index.get(key, ())
         if key in MULTI_VALUE:
             return [v for line in lines for v in split_commas(line)]
@@ -648,7 +648,7 @@ class Headers:
         """Replace every line of ``name`` with one line (or remove them for None).
 
         The new line stands where the first old one stood (or at the end)."""
-        key = index_key(name)
+        key = _index_key(name)
         out: list[tuple[str, str]] = []
         placed = value is None
         for n, v in self._items:
@@ -663,12 +663,12 @@ class Headers:
         return Headers(out)
 
     def without(self, *names: str) -> Headers:
-        keys = {index_key(n) for n in names}
+        keys = {_index_key(n) for n in names}
         return Headers((n, v) for n, v in self._items if n.lower() not in keys)
 
     def with_first_value_removed(self, name: str) -> Headers:
         """Remove the first value of a multi-value header (e.g. the top Via)."""
-        key = index_key(name)
+        key = _index_key(name)
         out: list[tuple[str, str]] = []
         done = False
         for n, v in self._items:

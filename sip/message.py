@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sip.headers import CSeq, Headers, NameAddr, Via, canonical_name, index_key
+from sip.headers import CSeq, Headers, NameAddr, Via
 from sip.uri import URI
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 8.1.1.7
@@ -252,44 +252,25 @@ def make_response(
     and the request's To has none (never for 100 Trying, 8.2.6.1).  Record-Route is copied
     for 18x/2xx, which makes a UAS's dialog route set work through proxies (12.1.1).
     """
-    # The request's names are canonical already (parsed or built as Headers), so the
-    # copied lines and their index are made here in one pass; only the extra lines
-    # need their names looked up.
-    items: list[tuple[str, str]] = []
-    index: dict[str, list[str]] = {}
+    copied: list[tuple[str, str]] = []
     for name, value in request.headers:
-        key = _COPIED_KEYS.get(name)
-        if key is None:
-            continue
-        if key == "to":
+        if name in ("Via", "From", "Call-ID", "CSeq"):
+            copied.append((name, value))
+        elif name == "To":
             if to_tag is not None and status != 100 and request.to.tag is None:
                 # Appending keeps the sender's spelling of To byte for byte; after an
                 # addr-spec or a <URI> alike, ";tag=" starts a header parameter.
                 value = f"{value};tag={to_tag}"
-        elif key == "record-route":
-            if not 100 < status < 300:
-                continue
-        elif key == "timestamp" and status != 100:
-            continue
-        items.append((name, value))
-        bucket = index.get(key)
-        if bucket is None:
-            index[key] = [value]
-        else:
-            bucket.append(value)
-    for name, value in headers:
-        name = canonical_name(name)
-        key = index_key(name)
-        items.append((name, value))
-        bucket = index.get(key)
-        if bucket is None:
-            index[key] = [value]
-        else:
-            bucket.append(value)
+            copied.append((name, value))
+        elif name == "Record-Route" and 100 < status < 300:
+            copied.append((name, value))
+        elif name == "Timestamp" and status == 100:
+            copied.append((name, value))
+    copied.extend(headers)
     response = Response(
         status=status,
         reason=reason if reason is not None else REASONS.get(status, "Unknown"),
-        headers=Headers._from_parsed(tuple(items), {key: tuple(values) for key, values in index.items()}),
+        headers=Headers(copied),
         body=body,
     )
     # The copied headers carry the same values: share what the request already parsed.
@@ -302,10 +283,6 @@ def make_response(
 
 
 _COPIED_VIEWS = ("via", "from", "call-id", "cseq")
-# The lines a response copies from its request (8.2.6.2, 12.1.1, 8.2.6.1), by canonical
-# name, with their index keys.
-_COPIED_KEYS = {"Via": "via", "From": "from", "To": "to", "Call-ID": "call-id", "CSeq": "cseq",
-                "Record-Route": "record-route", "Timestamp": "timestamp"}
 
 
 def make_ack_for_error(invite: Request, response: Response) -> Request:

@@ -116,13 +116,9 @@ class SIPEndpoint:
         # for queue_delay(); None while a stream message is handled.
         self._stamp: bytes | None = None
         self._timestamps = False
-        #: The run's clock (trio.current_time without its two layers of indirection,
-        #: which cost more than the reading itself on every message); set by serve().
-        self.now: Callable[[], float] = trio.current_time
 
     # -- lifecycle ------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
-        self.now = trio.lowlevel.current_clock().current_time
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -177,7 +173,7 @@ class SIPEndpoint:
                 self.send_message(action.message, action.destination, action.transport)
             elif type(action) is TryingDue:
                 # The handler has seen the INVITE (the action before this one).
-                self.perform(self.layer.trying(action.transaction, self.now()))
+                self.perform(self.layer.trying(action.transaction, trio.current_time()))
             else:
                 try:
                     self.handler(action)
@@ -198,12 +194,12 @@ class SIPEndpoint:
 
     def respond(self, transaction: object, response: Response) -> None:
         """Send a response through its server transaction."""
-        self.perform(self.layer.respond(transaction, response, self.now()))  # type: ignore[arg-type]
+        self.perform(self.layer.respond(transaction, response, trio.current_time()))  # type: ignore[arg-type]
 
     def respond_statelessly(self, transaction: object, response: Response) -> None:
         """Send a final 300-699 response and drop the transaction (a challenge, RFC 3261
         8.2.7; see :meth:`TransactionLayer.respond_statelessly`)."""
-        self.perform(self.layer.respond_statelessly(transaction, response, self.now()))  # type: ignore[arg-type]
+        self.perform(self.layer.respond_statelessly(transaction, response, trio.current_time()))  # type: ignore[arg-type]
 
     def shed(self, transaction: object, retry_after: int) -> None:
         """Refuse a new request because the server is behind (counted as "shed"): 503
@@ -217,7 +213,7 @@ class SIPEndpoint:
 
     def request(self, request: Request, destination: Address, transport: str = "UDP") -> object:
         """Start a client transaction; its events come to the handler."""
-        tx, actions = self.layer.request(request, destination, transport, self.now())
+        tx, actions = self.layer.request(request, destination, transport, trio.current_time())
         self.perform(actions)
         return tx
 
@@ -327,7 +323,7 @@ class SIPEndpoint:
                 self.counters["bad"] += 1
                 return
             message = stamped
-        self.perform(self.layer.receive(message, incoming.source, incoming.transport, self.now()))
+        self.perform(self.layer.receive(message, incoming.source, incoming.transport, trio.current_time()))
 
     async def _tcp_accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
