@@ -22,6 +22,7 @@ import os
 import re as stdlib_re
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,21 +84,33 @@ class _Crashed:
 
 
 class _Pending:
-    """One execution as the pool tracks it."""
+    """One execution as the pool tracks it, and the mailbox its frames arrive in.
 
-    __slots__ = ("id", "worker", "send", "receive", "runnable", "orphan")
+    (A deque and a parking lot rather than a memory channel: trio builds each channel
+    through ``MemorySendChannel[T]``, a trip through the typing machinery once per
+    execution, and a receive that finds a frame waiting still goes round the scheduler
+    twice.)"""
 
-    send: trio.MemorySendChannel[WorkerFrame | _Crashed]
-    receive: trio.MemoryReceiveChannel[WorkerFrame | _Crashed]
+    __slots__ = ("id", "worker", "runnable", "orphan", "_frames", "_arrived")
 
     def __init__(self, ident: int, worker: _Worker) -> None:
         self.id = ident
         self.worker = worker
-        # (Not open_memory_channel[...](): subscripting it at run time goes through the
-        # typing machinery, once per execution.)
-        self.send, self.receive = trio.open_memory_channel(math.inf)
         self.runnable = False
         self.orphan = False
+        self._frames: deque[WorkerFrame | _Crashed] = deque()
+        self._arrived = trio.lowlevel.ParkingLot()
+
+    def deliver(self, frame: WorkerFrame | _Crashed) -> None:
+        self._frames.append(frame)
+        self._arrived.unpark()
+
+    async def next_frame(self) -> WorkerFrame | _Crashed:
+        """The next frame, waiting (cancellably) only when none has arrived."""
+        frames = self._frames
+        while not frames:
+            await self._arrived.park()
+        return frames.popleft()
 
 
 class _Worker:
@@ -194,7 +207,7 @@ class _Worker:
     def fail_all(self, reason: str) -> None:
         self.state = WorkerState.DEAD
         for pending in self.executions.values():
-            pending.send.send_nowait(_Crashed(reason=reason))
+            pending.deliver(_Crashed(reason=reason))
         self.executions.clear()
         for channel in self.compiles.values():
             channel.send_nowait(None)
@@ -396,7 +409,7 @@ class SandboxPool:
             self._signal_capacity()
             self._close_if_idle(worker)
         if not pending.orphan:
-            pending.send.send_nowait(frame)
+            pending.deliver(frame)
 
     def _close_if_idle(self, worker: _Worker) -> None:
         if worker.state is WorkerState.RETIRING and not worker.executions:
@@ -492,7 +505,7 @@ class SandboxPool:
         try:
             with wall:
                 while True:
-                    frame = await pending.receive.receive()
+                    frame = await pending.next_frame()
                     if isinstance(frame, _Crashed):
                         finished = True
                         return _ended(Outcome.CRASHED, log, started, reason=frame.reason)
