@@ -53,8 +53,8 @@ class Dialog:
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag or "",
-            local=_untagged(request.to),
-            remote=_untagged(from_),
+            local=request.to.without_tag(),
+            remote=from_.without_tag(),
             local_cseq=0,
             remote_cseq=request.cseq.number,
             remote_target=contacts[0].uri,
@@ -76,8 +76,8 @@ class Dialog:
             call_id=request.call_id,
             local_tag=request.from_.tag or "",
             remote_tag=response.to.tag or "",
-            local=_untagged(request.from_),
-            remote=_untagged(request.to),
+            local=request.from_.without_tag(),
+            remote=request.to.without_tag(),
             local_cseq=request.cseq.number,
             remote_cseq=None,
             remote_target=target,
@@ -177,10 +177,6 @@ class Dialog:
         if _is_numeric(host):
             return (host, uri.port or 5060)
         return self.flow
-
-
-def _untagged(addr: NameAddr) -> NameAddr:
-    return addr.replace(params=tuple(p for p in addr.params if p[0].lower() != "tag"))
 
 
 def _is_numeric(host: str) -> bool:

@@ -304,16 +304,23 @@ class NameAddr:
                 return "" if value is None else value
         return None
 
+    # (The copies below call the constructor: dataclasses.replace() looks the fields up
+    # on every call, and dialogs make these copies for every call.)
     def with_tag(self, tag: str) -> NameAddr:
         """A copy with this ``tag`` parameter (replacing any)."""
         kept = tuple(p for p in self.params if p[0].lower() != "tag")
-        return replace(self, params=kept + (("tag", tag),))
+        return NameAddr(display_name=self.display_name, uri=self.uri, params=kept + (("tag", tag),))
+
+    def without_tag(self) -> NameAddr:
+        """A copy without a ``tag`` parameter."""
+        kept = tuple(p for p in self.params if p[0].lower() != "tag")
+        return NameAddr(display_name=self.display_name, uri=self.uri, params=kept)
 
     def with_params(self, **params: str | None) -> NameAddr:
         """A copy with these header parameters set (replacing same-named ones)."""
         lowered = {k.lower() for k in params}
         kept = tuple(p for p in self.params if p[0].lower() not in lowered)
-        return replace(self, params=kept + tuple(params.items()))
+        return NameAddr(display_name=self.display_name, uri=self.uri, params=kept + tuple(params.items()))
 
     def replace(self, **changes: object) -> NameAddr:
         """A copy with fields replaced (``dataclasses.replace``)."""

@@ -176,6 +176,10 @@ def test_name_addr_tags() -> None:
     assert to.tag is None
     tagged = to.with_tag("abc")
     assert tagged.tag == "abc" and str(tagged) == "<sip:bob@biloxi.com>;tag=abc"
+    retagged = NameAddr.parse('"Bob" <sip:bob@biloxi.com>;TAG=old;lr').with_tag("new")
+    assert str(retagged) == '"Bob" <sip:bob@biloxi.com>;lr;tag=new'
+    untagged = retagged.without_tag()
+    assert untagged.tag is None and str(untagged) == '"Bob" <sip:bob@biloxi.com>;lr'
 
 
 # -- Via, CSeq -----------------------------------------------------------------------------
