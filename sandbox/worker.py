@@ -162,6 +162,29 @@ class Execution:
         return lines
 
 
+class ResidentSize:
+    """This process's resident size now, read from ``/proc/self/statm`` through a file
+    opened before the seccomp filter closes ``open``.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries the peak over ``fork`` and
+    ``execve``, so a worker started by a server (or test run) already past the
+    retirement size would report it from its first run and retire after every one.
+    Where ``/proc`` is missing the peak is the only measure there is."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+        self._page = os.sysconf("SC_PAGE_SIZE") if self._fd is not None else 0
+
+    def bytes(self) -> int:
+        if self._fd is not None:
+            # statm: size resident shared text lib data dt, in pages.
+            return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class Worker:
     """The scheduler: reads frames, runs greenlets in CPU-fair slices, writes frames."""
 
@@ -185,6 +208,7 @@ class Worker:
         self.runs = 0
         self.retiring = False
         self.idle: list[greenlet.greenlet] = []
+        self.resident = ResidentSize()
 
     # --- output -----------------------------------------------------------------
 
@@ -400,7 +424,7 @@ class Worker:
             self.runs += 1
             if self.runs >= self.limits.worker_max_runs:
                 self.retire("max runs")
-            elif resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > self.limits.worker_retire_rss_bytes:
+            elif self.resident.bytes() > self.limits.worker_retire_rss_bytes:
                 self.retire("resident size")
 
     def _greenlet_body(self, exe: Execution) -> None:

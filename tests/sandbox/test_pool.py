@@ -83,10 +83,10 @@ async def test_trivial_dialplans_stay_fast_next_to_twenty_hostile_ones() -> None
     assert len(latencies) >= 50
     median = statistics.median(latencies)
     # Without fair scheduling a trivial run waits behind a spinner until its whole CPU
-    # budget (1 s) is spent.  Run alone on this 2-core box the figures are p99 ~50 ms,
-    # median ~0.6 ms; late in a full suite run they were measured at p99 290-296 ms,
-    # median 132-169 ms (cause not found: see docs/sandbox.md), hence these bounds.
-    assert p99 < 0.5 and median < 0.25, f"p99 {p99 * 1000:.1f} ms, median {median * 1000:.2f} ms"
+    # budget (1 s) is spent.  On this 2-core box the figures are p99 1-9 ms, median
+    # ~0.5 ms, alone or late in a full suite run; with other processes loading the
+    # machine p99 reached 72 ms (docs/sandbox.md).
+    assert p99 < 0.25 and median < 0.05, f"p99 {p99 * 1000:.1f} ms, median {median * 1000:.2f} ms"
 
 
 async def test_a_thousand_parked_executions_need_few_processes_and_little_memory() -> None:
@@ -244,3 +244,29 @@ async def test_compile_errors_have_lines_and_columns() -> None:
     assert "import" in errors[0].message and "except" in errors[1].message
     assert big[0].message.startswith("the dialplan is 70000 bytes")
     assert syntax[0].line == 1 and "SyntaxError" in syntax[0].message
+
+
+async def test_a_worker_past_the_retirement_size_is_replaced() -> None:
+    limits = Limits().replace(worker_retire_rss_bytes=1024 * 1024)  # any worker is past it
+    async with SandboxPool(workers=1, limits=limits) as pool:
+        for _ in range(3):
+            result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+            assert result.outcome is Outcome.COMPLETED
+        assert pool.spawned >= 3 and pool.crashes == 0
+
+
+async def test_workers_started_by_a_large_process_do_not_retire_at_once() -> None:
+    # Linux carries a process's peak resident size over fork and exec, so a worker
+    # started by a server already past the retirement size must not read that peak as
+    # its own (it would retire after every run and the pool would spawn without end).
+    retire_at = 160 * 1024 * 1024
+    ballast = bytearray(max(0, retire_at + 64 * 1024 * 1024 - rss(os.getpid())))
+    ballast[:: 4096] = b"\x01" * len(range(0, len(ballast), 4096))  # make it resident
+    assert rss(os.getpid()) > retire_at
+    limits = Limits().replace(worker_retire_rss_bytes=retire_at)
+    async with SandboxPool(workers=2, limits=limits) as pool:
+        for _ in range(20):
+            result = await pool.run(TRIVIAL, request=REQUEST, context=CONTEXT, host=RecordingHost())
+            assert result.outcome is Outcome.COMPLETED
+        assert pool.spawned == 2
+    del ballast
