@@ -44,7 +44,7 @@ from sandbox.framing import (
     TickFrame,
     WorkerFrame,
     check_plain_value,
-    encode_frame,
+    encode_pool_frame,
     parse_worker_frame_untrusted,
 )
 from sandbox.limits import WORKER_FIELDS, Limits
@@ -143,7 +143,7 @@ class _Worker:
         """Queue one frame; written at once when nothing is queued (the common case)."""
         if self.state is WorkerState.DEAD or self.closing:
             return
-        data = encode_frame(message)
+        data = encode_pool_frame(message)
         if not self.backlog and not self.writing:
             # Skip a task switch: the pipe is non-blocking and usually has room.
             try:

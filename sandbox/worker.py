@@ -32,6 +32,7 @@ import heapq
 import itertools
 import json
 import logging
+import marshal
 import os
 import resource
 import select
@@ -290,7 +291,7 @@ class Worker:
             end = start + HEADER.size + length
             if len(buffer) < end:
                 break
-            self.handle(json.loads(bytes(buffer[start + HEADER.size : end])))
+            self.handle(marshal.loads(bytes(buffer[start + HEADER.size : end])))
             start = end
         del buffer[:start]
         return True
