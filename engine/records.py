@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.storage import StorageError, Store
+from sip.message import random_hex
 
 if TYPE_CHECKING:
     from engine.bridge import Bridge
@@ -178,7 +178,7 @@ class CallRecords:
     # -- traces -------------------------------------------------------------------------------
     def save_trace(self, call: Call, dialplan: str, lines: list[str], now: float) -> str:
         """Queue the trace of one dialplan run for storage; returns its id."""
-        trace_id = secrets.token_hex(16)
+        trace_id = random_hex(16)
         owner = call.account.customer_id if call.account is not None else None
         row = (trace_id, owner, call.leg.request.call_id, dialplan, now, "\n".join(lines))
         self._record(
@@ -214,7 +214,7 @@ class CallRecords:
         else:
             self._caller_cdr(call, now)
         cdr = _CDR(
-            id=secrets.token_hex(16),
+            id=random_hex(16),
             customer_id=call.account.customer_id if call.account is not None else None,
             call_id=leg.call_id,
             direction="out",
@@ -332,7 +332,7 @@ def _inbound_cdr(call: Call, leg: str) -> _CDR:
     """A new record of the INVITE that started ``call``."""
     request = call.leg.request
     return _CDR(
-        id=secrets.token_hex(16),
+        id=random_hex(16),
         customer_id=call.account.customer_id if call.account is not None else None,
         call_id=request.call_id,
         direction=call.direction.lower(),
