@@ -36,6 +36,13 @@ def fix_sdp(body: bytes, source: Address) -> bytes:
         return body  # not SDP we understand: relay it untouched
 
 
+def _is_sdp(content_type: str | None) -> bool:
+    """Whether a relayed body is a session description, the only kind the NAT fix may
+    touch (an INFO's or a MESSAGE's text is the parties' own).  A body without a
+    Content-Type, which RFC 3261 7.4.1 does not allow, is taken as SDP as before."""
+    return content_type is None or content_type.partition(";")[0].strip().lower() == "application/sdp"
+
+
 @dataclass(slots=True)
 class Side:
     """One half of a bridge: a dialog and where its peer's messages come from."""
@@ -127,8 +134,8 @@ class Bridge:
         if method in ("INVITE", "UPDATE"):
             side.dialog.refresh_target(request)
         other = self.other(side)
-        body = fix_sdp(request.body, tx.source) if request.body else b""
         content_type = request.headers.get("Content-Type")
+        body = fix_sdp(request.body, tx.source) if request.body and _is_sdp(content_type) else request.body
         passthrough = tuple(
             (name, value)
             for name, value in request.headers
@@ -156,10 +163,11 @@ class Bridge:
         if status == 100:
             return
         source = relay.target_side.dialog.flow or ("0.0.0.0", 0)
-        body = fix_sdp(response.body, source) if response.body else b""
+        content_type = response.headers.get("Content-Type")
+        body = fix_sdp(response.body, source) if response.body and _is_sdp(content_type) else response.body
         extra: list[tuple[str, str]] = []
         if body:
-            extra.append(("Content-Type", response.headers.get("Content-Type") or "application/sdp"))
+            extra.append(("Content-Type", content_type or "application/sdp"))
         if relay.request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
             relay.target_side.dialog.refresh_target(response)
             extra.append(("Contact", relay.source_side.dialog.contact))

@@ -321,7 +321,8 @@ class Call:
     final: Response | None = None
     cseq: int = 10
 
-    def _in_dialog(self, method: str, *, cseq: int | None = None, body: bytes = b"") -> Request:
+    def _in_dialog(self, method: str, *, cseq: int | None = None, body: bytes = b"",
+                   content_type: str = "application/sdp", extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
         assert self.final is not None
         contact = self.final.contacts[0].uri if self.final.contacts else URI.parse(self.uri)
         to = self.final.headers.get("To") or self.to
@@ -336,9 +337,10 @@ class Call:
             ("Call-ID", self.call_id),
             ("CSeq", f"{cseq} {method}"),
             ("Contact", self.phone.contact),
+            *extra,
         ]
         if body:
-            headers.append(("Content-Type", "application/sdp"))
+            headers.append(("Content-Type", content_type))
         return Request(method=method, uri=contact, headers=Headers(headers), body=body)
 
     async def ack(self, response: Response) -> None:
@@ -354,6 +356,16 @@ class Call:
         request = self._in_dialog("BYE")
         await self.phone.send(request)
         return await self.phone.next_response(call_id=self.call_id, method="BYE", final=True)
+
+    async def send_in_dialog(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
+                             headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+        """A request other than INVITE/ACK/BYE in the dialog; its final response."""
+        request = self._in_dialog(method, body=body, content_type=content_type, extra=list(headers))
+        await self.phone.send(request)
+        while True:
+            response = await self.phone.next_response(call_id=self.call_id, method=method, final=True)
+            if response.cseq.number == request.cseq.number:
+                return response
 
     async def reinvite(self, body: bytes) -> Response:
         request = self._in_dialog("INVITE", body=body)
@@ -378,7 +390,8 @@ class Answered:
     local_tag: str
     cseq: int = 1
 
-    def request(self, method: str, body: bytes = b"") -> Request:
+    def request(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
+                extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
         contact = self.invite.contacts[0].uri
         self.cseq += 1
         headers = [
@@ -389,10 +402,21 @@ class Answered:
             ("Call-ID", self.invite.call_id),
             ("CSeq", f"{self.cseq} {method}"),
             ("Contact", self.phone.contact),
+            *extra,
         ]
         if body:
-            headers.append(("Content-Type", "application/sdp"))
+            headers.append(("Content-Type", content_type))
         return Request(method=method, uri=contact, headers=Headers(headers), body=body)
+
+    async def send_in_dialog(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
+                             headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+        """A request other than INVITE/ACK/BYE in the dialog; its final response."""
+        request = self.request(method, body, content_type=content_type, extra=list(headers))
+        await self.phone.send(request, self.peer)
+        while True:
+            response = await self.phone.next_response(call_id=self.invite.call_id, method=method, final=True)
+            if response.cseq.number == request.cseq.number:
+                return response
 
     async def bye(self) -> Response:
         request = self.request("BYE")
