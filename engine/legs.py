@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The header a 401 or 407 cannot be sent without.
+_CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
+
 T1 = 0.5
 T2 = 4.0
 # RFC 3326 Reason for a leg hung up because the call went elsewhere.
@@ -96,6 +99,12 @@ class InboundLeg:
     def reject(self, status: int, reason: str | None = None, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
         if self.final_status is not None:
             return
+        challenge = _CHALLENGE_HEADERS.get(status)
+        if challenge is not None and not any(name.lower() == challenge for name, _ in headers):
+            # A 401/407 must carry its challenge (RFC 3261 20.44, 20.27).  One without it
+            # is a next hop's refusal of *our* credentials (a provider's, after its
+            # challenge was answered once), which the caller cannot answer: 403.
+            status, reason = 403, f"Forbidden (the next hop refused our credentials: {status})"
         self.final_status = status
         response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=headers)
         self.endpoint.respond(self.transaction, response)
