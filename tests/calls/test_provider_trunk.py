@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from engine.cli import main
-from sip.digest import DigestChallenger, DigestVerdict, compute_ha1, parse_credentials
 from engine.server import Server
+from sip.digest import DigestChallenger, DigestVerdict, compute_ha1, parse_credentials
 from tests.calls.helpers import phones, provision, running_server, wait_rows
 
 REALM = "trunk.example"
