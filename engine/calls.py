@@ -46,6 +46,7 @@ from sip.transaction import (
     ServerTransaction,
     StrayResponse,
     TimedOut,
+    TransportFailed,
 )
 
 if TYPE_CHECKING:
@@ -167,6 +168,20 @@ class CallEngine:
         if kind is TimedOut:
             assert isinstance(action, TimedOut)
             on_timeout = getattr(action.transaction.context, "on_timeout", None)
+            if on_timeout is not None:
+                on_timeout()
+                return True
+            return False
+        if kind is TransportFailed:
+            assert isinstance(action, TransportFailed)
+            context = action.transaction.context
+            on_error = getattr(context, "on_transport_error", None)
+            if on_error is not None:
+                on_error(action.reason)
+                return True
+            # Contexts without a transport-error path see what they see on a timeout
+            # (8.1.3.1 and 18.4 end alike for a TU that cannot try elsewhere).
+            on_timeout = getattr(context, "on_timeout", None)
             if on_timeout is not None:
                 on_timeout()
                 return True

@@ -319,8 +319,13 @@ class OutboundLeg:
         return True
 
     def on_transport_error(self, reason: str) -> None:
+        """The request could not be delivered (an ICMP unreachable, a refused TCP
+        connection).  RFC 3263 4.3: like a timeout, try the next target; with none
+        left, the leg fails with 503 (RFC 3261 8.1.3.1)."""
+        if self._try_next_target():
+            return
         if self.final is None:
-            self._set_final(make_response(self.request, 503, reason))
+            self._set_final(make_response(self.request, 503, f"Service Unavailable ({reason})"))
 
     def _set_final(self, response: Response) -> None:
         self.final = response

@@ -23,6 +23,7 @@ What stays with the TU, as RFC 3261 assigns it:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -89,6 +90,7 @@ class Stimulus(Enum):
     TU_1XX = "the TU sends a provisional response"
     TU_2XX = "the TU sends a 2xx response"
     TU_3XX_6XX = "the TU sends a 300-699 response"
+    TRANSPORT_ERROR = "the transport could not deliver the request"
 
 
 class Effect(Enum):
@@ -102,6 +104,7 @@ class Effect(Enum):
     RESEND_RESPONSE = "send the last response again"
     PASS_ACK_UP = "hand the ACK to the TU"
     REPORT_TIMEOUT = "tell the TU the transaction timed out"
+    REPORT_TRANSPORT_ERROR = "tell the TU the request could not be delivered"
     SEND_PENDING_CANCEL = "send a CANCEL the TU asked for before any provisional"
     RESTART_TIMER = "re-arm the retransmission timer that just fired"
 
@@ -116,6 +119,9 @@ TRANSITIONS: dict[Kind, dict[TransactionState, dict[Stimulus | Timer, Row]]] = {
         S.CALLING: {
             Timer.A: (S.CALLING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
             Timer.B: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            # 17.1.1.2: "If an unrecoverable transport error occurs" (18.4: an ICMP
+            # unreachable, a refused connection) the TU is told and the transaction ends.
+            Stimulus.TRANSPORT_ERROR: (S.TERMINATED, (Effect.REPORT_TRANSPORT_ERROR,)),
             Stimulus.RECV_1XX: (
                 S.PROCEEDING, (Effect.PASS_RESPONSE_UP, Effect.SEND_PENDING_CANCEL)),
             Stimulus.RECV_2XX: (S.ACCEPTED, (Effect.PASS_RESPONSE_UP, Timer.M)),
@@ -154,6 +160,8 @@ TRANSITIONS: dict[Kind, dict[TransactionState, dict[Stimulus | Timer, Row]]] = {
         S.TRYING: {
             Timer.E: (S.TRYING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
             Timer.F: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            # 17.1.2.2: a transport error in Trying or Proceeding ends the transaction.
+            Stimulus.TRANSPORT_ERROR: (S.TERMINATED, (Effect.REPORT_TRANSPORT_ERROR,)),
             Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
             Stimulus.RECV_2XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
             Stimulus.RECV_3XX_6XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
@@ -161,6 +169,7 @@ TRANSITIONS: dict[Kind, dict[TransactionState, dict[Stimulus | Timer, Row]]] = {
         S.PROCEEDING: {
             Timer.E: (S.PROCEEDING, (Effect.RESEND_REQUEST, Effect.RESTART_TIMER)),
             Timer.F: (S.TERMINATED, (Effect.REPORT_TIMEOUT,)),
+            Stimulus.TRANSPORT_ERROR: (S.TERMINATED, (Effect.REPORT_TRANSPORT_ERROR,)),
             Stimulus.RECV_1XX: (S.PROCEEDING, (Effect.PASS_RESPONSE_UP,)),
             Stimulus.RECV_2XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
             Stimulus.RECV_3XX_6XX: (S.COMPLETED, (Effect.PASS_RESPONSE_UP, Timer.K)),
@@ -454,6 +463,16 @@ class TimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class TransportFailed:
+    """The request could not be delivered (17.1.1.2, 17.1.2.2, 18.4): an ICMP
+    unreachable came back for it, or the connection to its destination was refused.
+    RFC 3263 4.3 treats it like a timeout: the TU may try the next target."""
+
+    transaction: ClientTransaction
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Terminated:
     """The transaction reached Terminated; the layer has forgotten it."""
 
@@ -462,7 +481,7 @@ class Terminated:
 
 Action = (
     Send | RequestReceived | TryingDue | CancelReceived | AckReceived | ResponseReceived | StrayResponse
-    | TimedOut | Terminated
+    | TimedOut | TransportFailed | Terminated
 )
 
 
@@ -701,6 +720,27 @@ class TransactionLayer:
             self._fire(tx, timer, None, deadline, out)
         return out
 
+    def transport_error(
+        self, sent: bytes, destination: Address, transport: str, reason: str, now: float
+    ) -> list[Action]:
+        """The shell could not deliver ``sent`` (what it tried to send, or as much of it
+        as an ICMP error quoted) to ``destination``.  If it was a request of a client
+        transaction still waiting for its final response there, that transaction ends
+        with :class:`TransportFailed`; anything else (a response, an ACK, a quote too
+        short to name its branch, a forged error naming no transaction of ours) is
+        ignored.  The branch in the quote is what ties an error to a transaction, so an
+        error costs one lookup, whatever the number of transactions."""
+        self._now = now
+        key = _quoted_request_key(sent)
+        if key is None:
+            return []
+        tx = self._clients.get(key)
+        if tx is None or tx.destination != destination or tx.transport.upper() != transport.upper():
+            return []
+        out: list[Action] = []
+        self._fire(tx, Stimulus.TRANSPORT_ERROR, None, now, out, reason=reason)
+        return out
+
     def next_deadline(self) -> float | None:
         """When :meth:`expire` next has work to do, or None if no timer is pending."""
         return self._heap.next_deadline(_timer_is_live)
@@ -859,6 +899,7 @@ class TransactionLayer:
         now: float,
         out: list[Action],
         source: Address | None = None,
+        reason: str = "",
     ) -> bool:
         """Apply one table row; False when the state has no row for ``stimulus``."""
         row = tx._table[tx.state].get(stimulus)
@@ -908,6 +949,9 @@ class TransactionLayer:
             elif effect is Effect.REPORT_TIMEOUT:
                 assert isinstance(tx, ClientTransaction)
                 out.append(TimedOut(tx))
+            elif effect is Effect.REPORT_TRANSPORT_ERROR:
+                assert isinstance(tx, ClientTransaction)
+                out.append(TransportFailed(tx, reason))
             elif effect is Effect.SEND_PENDING_CANCEL:
                 assert isinstance(tx, ClientTransaction)
                 if tx._cancel_wanted:
@@ -959,6 +1003,25 @@ class TransactionLayer:
             if key is not None and self._rejected_invites.get(key) is tx:
                 del self._rejected_invites[key]
         out.append(Terminated(tx))
+
+
+# The start of a request we sent, as an error quotes it: its method, then its top Via's
+# branch.  We write every request, so the first Via line is ours and well formed.
+_QUOTED_REQUEST = re.compile(
+    rb"([A-Za-z]+) [^\r\n]* SIP/2\.0\r\n(?:[^\r\n]*\r\n)*?(?:Via|v)[ \t]*:[^\r\n]*?;[ \t]*branch=([^;,\s]+)",
+    re.IGNORECASE,
+)
+
+
+def _quoted_request_key(sent: bytes) -> Key | None:
+    """(branch, method) of the request at the start of ``sent``, or None."""
+    m = _QUOTED_REQUEST.match(sent)
+    if m is None:
+        return None
+    try:
+        return (m.group(2).decode("ascii"), m.group(1).decode("ascii"))
+    except UnicodeDecodeError:
+        return None
 
 
 def _dialog_key(request: Request, to_tag: str | None) -> Key | None:

@@ -45,6 +45,20 @@ _UDP_BATCH = 32  # datagrams handled between yields to the scheduler
 # option; 35 is its value in Linux's generic socket ABI (x86, arm, riscv...).  Where it
 # is refused or differs, no control message arrives and the queue delay reads 0.
 _SO_TIMESTAMPNS = 35
+# Linux, ip(7)/ipv6(7): with IP_RECVERR set, an ICMP error for a datagram we sent is kept
+# on the socket's error queue (read with MSG_ERRQUEUE) with the destination and as much
+# of the datagram as the ICMP message quoted; without it, an unconnected UDP socket
+# never hears of them.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_MSG_ERRQUEUE = 0x2000
+_EXTENDED_ERR = struct.Struct("@IBBBB")  # sock_extended_err: ee_errno, origin, type, code, pad
+_ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
+# The errors RFC 3261 18.4 says to report to the transport user: unreachable destination
+# (host, network, port, protocol) and parameter problem; not "fragmentation needed"
+# (path MTU), source quench or TTL exceeded.
+_DELIVERY_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN})
 _TIMESPEC = struct.Struct("@qq")
 
 
@@ -111,11 +125,14 @@ class SIPEndpoint:
         self._timer_wakeup = trio.Event()
         self._armed_deadline = float("inf")
         self._timers_seen = -1
-        self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0}
+        self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0,
+                         "icmp_errors": 0}
         # The kernel's receive time of the datagram being handled (a timespec's bytes),
         # for queue_delay(); None while a stream message is handled.
         self._stamp: bytes | None = None
         self._timestamps = False
+        self._recverr = False
+        self._icmp_failed: list[tuple[bytes, Address, str]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,6 +149,14 @@ class SIPEndpoint:
             try:
                 udp.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
                 self._timestamps = True
+            except OSError:
+                pass
+            try:
+                if family == socket.AF_INET6:
+                    udp.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    udp.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+                self._recverr = True
             except OSError:
                 pass
         udp.bind((self.host, self.port))
@@ -232,7 +257,58 @@ class SIPEndpoint:
         except BlockingIOError:
             self.counters["dropped"] += 1  # UDP may lose packets; retransmission covers it
         except OSError as exc:
-            log.debug("UDP send to %s failed: %s", destination, exc)
+            if exc.errno not in _DELIVERY_ERRNOS or not self._recverr:
+                log.debug("UDP send to %s failed: %s", destination, exc)
+                return
+            # An ICMP error for an earlier datagram (to anyone) is reported by the next
+            # call on the socket, and this send did not happen: read the error queue,
+            # then send again.  What the errors mean is dealt with in a task of its
+            # own, not inside whatever is sending now.
+            if self._read_udp_errors() and self._nursery is not None:
+                self._nursery.start_soon(self._report_udp_errors_task)
+            try:
+                self._udp.sendto(data, destination)
+            except OSError as again:
+                log.debug("UDP send to %s failed: %s", destination, again)
+
+    def _read_udp_errors(self) -> bool:
+        """Move the UDP socket's error queue into ``_icmp_failed``: each ICMP unreachable
+        names a datagram we sent (RFC 3261 18.4).  True if any was queued."""
+        raw = self._udp
+        assert raw is not None
+        failed = self._icmp_failed
+        before = len(failed)
+        for _ in range(_UDP_BATCH):
+            try:
+                quoted, control, _flags, addr = raw.recvmsg(MAX_DATAGRAM, 512, _MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            for _level, _type, value in control:
+                if len(value) < _EXTENDED_ERR.size:
+                    continue
+                code, origin, icmp_type, icmp_code, _pad = _EXTENDED_ERR.unpack_from(value)
+                if origin == _ORIGIN_ICMP:
+                    wanted = icmp_type == 12 or (icmp_type == 3 and icmp_code != 4)
+                elif origin == _ORIGIN_ICMP6:
+                    wanted = icmp_type in (1, 4)
+                else:
+                    wanted = False
+                if wanted:
+                    failed.append((quoted, (addr[0], addr[1]), f"ICMP: {errno.errorcode.get(code, code)}"))
+        return len(failed) > before
+
+    def _report_udp_errors(self) -> None:
+        """Tell the transaction layer of the queued ICMP errors: a request of a client
+        transaction among them ends it at once, instead of after Timer B or F."""
+        failed, self._icmp_failed = self._icmp_failed, []
+        for quoted, destination, reason in failed:
+            self.counters["icmp_errors"] += 1
+            self.perform(self.layer.transport_error(quoted, destination, "UDP", reason, trio.current_time()))
+
+    async def _report_udp_errors_task(self) -> None:
+        self._report_udp_errors()
 
     def _send_tcp(self, data: bytes, destination: Address) -> None:
         conn = self._connections.get(destination)
@@ -256,6 +332,10 @@ class SIPEndpoint:
                 stream = await trio.open_tcp_stream(destination[0], destination[1])
         except (OSError, trio.TooSlowError) as exc:
             log.debug("TCP connect to %s failed: %s", destination, exc)
+            # RFC 3261 18.4 / 17.1: the request's transaction (if it was one) fails at
+            # once instead of waiting out Timer B or F.
+            reason = "TCP connect timed out" if isinstance(exc, trio.TooSlowError) else f"TCP connect failed: {exc.strerror or exc}"
+            self.perform(self.layer.transport_error(data, destination, "TCP", reason, trio.current_time()))
             return
         conn = self._connections.get(destination)
         if conn is not None:  # raced with another connection to the same peer
@@ -295,8 +375,12 @@ class SIPEndpoint:
                 await trio.lowlevel.wait_readable(raw)
                 continue
             except OSError as exc:
-                # ICMP port-unreachable from an earlier send surfaces here on Linux.
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                # An ICMP error for an earlier send surfaces here (IP_RECVERR): its
+                # details wait on the error queue.
+                if exc.errno in _DELIVERY_ERRNOS:
+                    if self._recverr:
+                        self._read_udp_errors()
+                        self._report_udp_errors()
                     continue
                 raise
             self.counters["udp_in"] += 1

@@ -81,3 +81,45 @@ async def test_next_srv_target_after_a_503(tmp_path: Path) -> None:
         finally:
             dnsmasq.terminate()
             dnsmasq.wait(timeout=10)
+
+
+async def test_next_srv_target_at_once_when_the_first_is_unreachable(tmp_path: Path) -> None:
+    # The first target's port is closed: its ICMP port unreachable is a transport
+    # error (RFC 3261 18.4), and RFC 3263 4.3 sends the leg on to the next target now,
+    # not after Timer B's 32 s.
+    require_dnsmasq()
+    async with running_server(tmp_path) as (server, nursery):
+        second = await phone(nursery, server, "second", register=False)
+        closed = free_udp_port()
+        zone = (
+            "local=/test/\nlocal-ttl=60\n"
+            "host-record=one.test,127.0.0.1\nhost-record=two.test,127.0.0.1\n"
+            f"srv-host=_sip._udp.trunk.test,one.test,{closed},10,0\n"
+            f"srv-host=_sip._udp.trunk.test,two.test,{second.port},20,0\n"
+        )
+        dnsmasq, dns_port = start_dnsmasq(tmp_path, zone)
+        try:
+            from engine.locate import Resolver
+
+            server.runner.resolver = Resolver(("127.0.0.1", dns_port), timeout=3.0)
+            provision(server, "acme", {"alice": (None, "out")}, {})
+            server.store.put_dialplan(server.store.customer_by_name("acme").id, "out",  # type: ignore[union-attr]
+                                      'sys.Dial("${dst}@trunk")\n', now=time.time())
+            code = await trio.to_thread.run_sync(main, [
+                "provider", "add", "acme", "trunk", "--server", "trunk.test",
+                "--data-dir", str(server.config.data_dir)])
+            assert code == 0
+            alice = await phone(nursery, server, "alice")
+            started = trio.current_time()
+            with trio.fail_after(15):
+                call = await alice.call("15551234")
+                answered = await second.wait_answered()
+            assert trio.current_time() - started < 5
+            assert [r.uri.user for r in second.invites] == ["15551234"]
+            assert server.endpoint is not None and server.endpoint.counters["icmp_errors"] >= 1
+            with trio.fail_after(10):
+                await call.hang_up()
+                await answered.wait_ended()
+        finally:
+            dnsmasq.terminate()
+            dnsmasq.wait(timeout=10)

@@ -26,6 +26,7 @@ from sip.transaction import (
     TimedOut,
     TransactionLayer,
     TransactionState,
+    TransportFailed,
     TryingDue,
 )
 from sip.uri import URI
@@ -103,6 +104,49 @@ def new_server_tx(
 
 
 # -- INVITE client (17.1.1, RFC 6026) -----------------------------------------------------
+
+
+def test_a_transport_error_ends_an_unanswered_client_transaction_and_its_timers() -> None:
+    # 17.1.1.2 / 17.1.2.2 / 18.4: the shell reports what it could not deliver (an ICMP
+    # error quotes the datagram); the transaction named by its branch ends at once.
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx, _ = layer.request(invite, PEER, "UDP", 0.0)
+    options = make_request("OPTIONS")
+    other, _ = layer.request(options, PEER, "UDP", 0.0)
+
+    actions = layer.transport_error(invite.to_bytes(), PEER, "UDP", "ICMP: ECONNREFUSED", 0.1)
+
+    assert actions == [TransportFailed(tx, "ICMP: ECONNREFUSED"), Terminated(tx)]
+    assert state(tx) is TransactionState.TERMINATED
+    # Timer A no longer retransmits it, Timer B never reports a timeout; the OPTIONS goes on.
+    fired = run_timers(layer, 100.0)
+    assert retransmit_times(fired, "INVITE") == []
+    assert [a for _, acts in fired for a in acts if isinstance(a, TimedOut)] == [TimedOut(other)]
+    # A non-INVITE in Trying ends the same way.
+    third = make_request("OPTIONS")
+    tx3, _ = layer.request(third, PEER, "UDP", 200.0)
+    assert layer.transport_error(third.to_bytes(), PEER, "UDP", "x", 200.1) == [
+        TransportFailed(tx3, "x"), Terminated(tx3)]
+
+
+def test_a_transport_error_that_names_no_waiting_request_changes_nothing() -> None:
+    layer = TransactionLayer()
+    invite = make_request("INVITE")
+    tx, _ = layer.request(invite, PEER, "UDP", 0.0)
+    data = invite.to_bytes()
+    # Another destination or transport, a quote too short to reach the branch, a
+    # response, garbage: not this transaction.
+    assert layer.transport_error(data, ("192.0.2.99", 5060), "UDP", "x", 0.1) == []
+    assert layer.transport_error(data, PEER, "TCP", "x", 0.1) == []
+    assert layer.transport_error(data[:8], PEER, "UDP", "x", 0.1) == []
+    assert layer.transport_error(make_response(invite, 180).to_bytes(), PEER, "UDP", "x", 0.1) == []
+    assert layer.transport_error(b"\xff" * 300, PEER, "UDP", "x", 0.1) == []
+    # Once a provisional came back the path works: a later error is not this request's.
+    layer.receive(make_response(invite, 180, to_tag="callee"), PEER, "UDP", 0.2)
+    assert layer.transport_error(data, PEER, "UDP", "x", 0.3) == []
+    assert state(tx) is TransactionState.PROCEEDING
+
 
 
 def test_invite_client_retransmits_on_timer_a_doubling_until_timer_b() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import trio
 
 from sip.headers import Headers
 from sip.message import Request, make_response, new_branch
-from sip.transaction import Action, RequestReceived
+from sip.transaction import Action, RequestReceived, TransportFailed
 from sip.transport import SIPEndpoint
 from sip.uri import URI
 
@@ -78,3 +79,84 @@ async def test_a_timer_started_after_a_later_one_was_armed_still_fires_on_time()
             nursery.cancel_scope.cancel()
     assert len(copies) == 2, copies
     assert 0.4 < copies[1] < 1.0
+
+
+def _closed_port(kind: int) -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, read, released)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_icmp_unreachable_ends_the_transaction_at_once() -> None:
+    # RFC 3261 18.4/17.1.2.2: a port unreachable for our request is a transport error,
+    # reported to the TU now rather than by Timer F 32 s later.
+    failed: list[TransportFailed] = []
+    done = trio.Event()
+
+    def handler(action: Action) -> None:
+        if isinstance(action, TransportFailed):
+            failed.append(action)
+            done.set()
+
+    endpoint = SIPEndpoint(host="127.0.0.1", port=0, handler=handler)
+    async with trio.open_nursery() as nursery:
+        local = await nursery.start(endpoint.serve)
+        port = _closed_port(socket.SOCK_DGRAM)
+        tx = endpoint.request(_options_to(local, port), ("127.0.0.1", port))
+        with trio.fail_after(3):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert [f.transaction for f in failed] == [tx]
+    assert "ECONNREFUSED" in failed[0].reason
+    assert endpoint.layer.statistics()["client_transactions"] == 0
+    assert endpoint.counters["icmp_errors"] == 1
+
+
+async def test_a_send_right_after_an_icmp_error_still_goes_out() -> None:
+    # With IP_RECVERR the kernel reports a pending ICMP error on the socket's next call:
+    # a sendto to someone else fails once with ECONNREFUSED, and must be sent again.
+    failed = trio.Event()
+
+    def handler(action: Action) -> None:
+        if isinstance(action, TransportFailed):
+            failed.set()
+
+    endpoint = SIPEndpoint(host="127.0.0.1", port=0, handler=handler)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2)
+        async with trio.open_nursery() as nursery:
+            local = await nursery.start(endpoint.serve)
+            port = _closed_port(socket.SOCK_DGRAM)
+            endpoint.request(_options_to(local, port), ("127.0.0.1", port))
+            time.sleep(0.2)  # noqa: ASYNC251 - blocking on purpose: the ICMP error arrives before the loop can read it
+            endpoint.send_bytes(b"hello", peer.getsockname(), "UDP")
+            assert peer.recv(100) == b"hello"
+            with trio.fail_after(3):
+                await failed.wait()  # and the error was still reported, from a task
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_tcp_connection_ends_the_transaction_at_once() -> None:
+    failed: list[TransportFailed] = []
+    done = trio.Event()
+
+    def handler(action: Action) -> None:
+        if isinstance(action, TransportFailed):
+            failed.append(action)
+            done.set()
+
+    endpoint = SIPEndpoint(host="127.0.0.1", port=0, handler=handler)
+    async with trio.open_nursery() as nursery:
+        local = await nursery.start(endpoint.serve)
+        port = _closed_port(socket.SOCK_STREAM)
+        request = _options_to(local, port)
+        request = request.replace(headers=request.headers.with_replaced(
+            "Via", f"SIP/2.0/TCP {local[0]}:{local[1]};branch={new_branch()}"))
+        tx = endpoint.request(request, ("127.0.0.1", port), "TCP")
+        with trio.fail_after(3):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert [f.transaction for f in failed] == [tx]
+    assert failed[0].reason.startswith("TCP connect failed")
