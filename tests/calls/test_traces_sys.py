@@ -114,3 +114,59 @@ async def test_sys_members_through_real_calls(tmp_path: Path) -> None:
         assert f"bindings ['sip:bob@127.0.0.1:{bob.local[1]}']" in traces[0][0]
         assert "DialPlan=> call 2 bob available True" in traces[1][0]
         assert rows(server, "SELECT value FROM kv WHERE key = 'count'")[0][0] == "2"
+
+
+async def test_the_rest_of_sys_and_req_through_real_calls(tmp_path: Path) -> None:
+    # The members the test above does not reach, each read back from the trace or from
+    # what reached the callee.
+    source = (
+        "n = int(sys.DBRead('n') or '0') + 1\n"
+        "sys.DBWrite('n', str(n))\n"
+        "sys.Log('who %s %s in=%s out=%s' % (sys.Username, sys.DialPlanName, sys.In, sys.Out))\n"
+        "sys.Log('req %s %s@%s from %s to %s cseq %d ua %s' % (req.Method, req.URI.User, req.URI.Host,"
+        " req.Header.From.FromURI.User, req.Header.To.ToURI.User, req.Header.CSeq,"
+        " req.Header.Get('X-Phone')))\n"
+        "sys.Log('count %d' % sys.GetCurrentCallCount())\n"
+        "if n == 2:\n"
+        "    sys.Respond(486, 'Second call')\n"
+        "sys.Log('mine %s %s exists %s %s' % (sys.IsMine('bob'), sys.IsMine('zed'),"
+        " sys.DoesSIPAccountExist('bob'), sys.DoesSIPAccountExist('zed')))\n"
+        "sys.DBWrite('a', '1')\n"
+        "sys.DBDelete('a')\n"
+        "sys.Log('keys %s' % sorted(sys.DBGetKeys()))\n"
+        "sys.ExtendScriptTimeout(30)\n"
+        "sys.SetCustomSIPHeader('X-One', '1')\n"
+        "sys.SetCustomSIPHeader('X-Two', '2')\n"
+        "sys.RemoveCustomSIPHeader('X-One')\n"
+        "sys.SetCustomSIPHeader('X-Three', '3')\n"
+        "sys.ClearCustomSIPHeaders()\n"
+        "sys.SetCustomSIPHeader('X-Four', '4')\n"
+        "sys.SetFromHeader('Desk', 'desk', None)\n"
+        "sys.ClearFromHeader()\n"
+        "result = sys.Dial('zed@local')\n"
+        "sys.Log('failed %s %s %s' % (result, sys.LastFailureStatus, sys.LastFailureReason))\n"
+        "sys.Dial('bob@local')\n"
+    )
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False, extra=[("X-Phone", "deskphone-7")])
+            incoming = await bob.next_request("INVITE")
+            headers = incoming.request.headers
+            assert headers.get("X-Four") == "4"
+            assert headers.get("X-One") is None and headers.get("X-Two") is None and headers.get("X-Three") is None
+            assert incoming.request.from_.uri.user == "carol" and incoming.request.from_.display_name != "Desk"
+            await bob.answer(incoming)
+            assert (await carol.final(call)).status == 200
+            # A second call while the first is up: the owner has one established call.
+            second = await carol.invite("alice", authenticate=False)
+            assert (await carol.final(second)).status == 486
+        traces = await wait_rows(server, "SELECT text FROM traces ORDER BY created", 2)
+        first, later = traces[0][0], traces[1][0]
+        assert "DialPlan=> who alice in in=True out=False" in first
+        assert "DialPlan=> req INVITE alice@127.0.0.1 from carol to alice cseq 1 ua deskphone-7" in first
+        assert "DialPlan=> count 0" in first and "DialPlan=> count 1" in later
+        assert "DialPlan=> mine True False exists True False" in first
+        assert "DialPlan=> keys ['n']" in first
+        # No account zed: a Dial with no legs fails with 480 (docs/calls.md, "Outcomes").
+        assert "DialPlan=> failed Failed 480 Temporarily Unavailable" in first
