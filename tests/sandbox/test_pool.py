@@ -206,6 +206,28 @@ async def test_dial_extends_the_wall_deadline() -> None:
     assert result.log == ("NoAnswer 408",)
 
 
+async def test_extend_script_timeout_moves_the_wall_deadline_both_ways() -> None:
+    class SlowRead(RecordingHost):
+        async def call(self, name: str, args: tuple[PlainValue, ...]) -> HostReply:
+            if name == "DBRead":
+                await trio.sleep(0.6)
+            return await super().call(name, args)
+
+    async with SandboxPool(workers=1, limits=Limits(wall_seconds=0.3)) as pool:
+        # Later: a 0.6 s host call fits in the 0.3 s limit once extended to 5 s.
+        longer = await pool.run('sys.ExtendScriptTimeout(5)\nsys.DBRead("k")\nsys.Log("done")',
+                                request=REQUEST, context=CONTEXT, host=SlowRead())
+        # Sooner: "now + seconds" also shortens it, so the same call no longer fits.
+        with trio.fail_after(5):
+            shorter = await pool.run('sys.ExtendScriptTimeout(0.1)\nsys.Log("x")\nsys.DBRead("k")',
+                                     request=REQUEST, context=CONTEXT, host=SlowRead())
+        plain = await pool.run('sys.DBRead("k")\nsys.Log("done")',
+                               request=REQUEST, context=CONTEXT, host=SlowRead())
+    assert longer.outcome is Outcome.COMPLETED and longer.log == ("done",)
+    assert shorter.outcome is Outcome.LIMIT_EXCEEDED and shorter.limit is LimitKind.WALL
+    assert plain.outcome is Outcome.LIMIT_EXCEEDED and plain.limit is LimitKind.WALL
+
+
 async def test_a_host_end_reply_stops_the_script_at_the_call() -> None:
     async with SandboxPool(workers=1) as pool:
         result = await pool.run(
