@@ -121,6 +121,26 @@ async def test_sixth_concurrent_execution_gets_480(tmp_path: Path) -> None:
             assert (await carol.final(seventh)).status == 487
 
 
+async def test_the_server_cap_answers_503_with_retry_after(tmp_path: Path) -> None:
+    # Two customers, two executions in all: the third caller is told to come back.
+    async with running_server(tmp_path, executions_per_server=2) as server:
+        provision(server, customer="acme", accounts={"alice": ("in", None)}, dialplans={"in": 'sys.Dial("alice@local")\n'})
+        provision(server, customer="zeta", accounts={"zoe": ("in", None)}, dialplans={"in": 'sys.Dial("zoe@local")\n'})
+        async with phones(server, "alice", "zoe", OUTSIDE) as (alice, zoe, carol):
+            first = await carol.invite("alice", authenticate=False)
+            await alice.next_request("INVITE")
+            second = await carol.invite("zoe", authenticate=False)
+            await zoe.next_request("INVITE")
+            third = await carol.invite("zoe", authenticate=False)
+            final = await carol.final(third)
+            assert (final.status, final.reason) == (503, "Server busy")
+            assert final.headers.get("Retry-After") == str(server.config.retry_after)
+            await zoe.no_request("INVITE", 0.3)
+            for call in (first, second):
+                await call.cancel()
+                assert (await carol.final(call)).status == 487
+
+
 async def test_twenty_legs_per_execution(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server, trio.open_nursery() as nursery:
         busy = await _far_phone(server, nursery)
