@@ -69,8 +69,9 @@ async def test_in_calls_find_the_account_or_say_why_not(tmp_path: Path) -> None:
             with trio.fail_after(5):
                 ring1 = await bob1.next_request("INVITE")
                 ring2 = await bob2.next_request("INVITE")
-            # Each binding got its own INVITE, before anyone answered.
+            # Each binding got its own INVITE, before anyone answered, one hop further on.
             assert ring1.request.uri.port == bob1.local[1] and ring2.request.uri.port == bob2.local[1]
+            assert ring1.request.max_forwards == ring2.request.max_forwards == 69
             answered = await bob2.answer(ring2)
             assert (await carol.final(call)).status == 200
             # The other binding stops ringing.
