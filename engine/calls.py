@@ -131,12 +131,7 @@ class CallEngine:
         kind = type(action)
         if kind is ResponseReceived:
             assert isinstance(action, ResponseReceived)
-            target = action.transaction.context
-            on_response = getattr(target, "on_response", None)
-            if on_response is not None:
-                on_response(action.response)
-                return True
-            return False
+            return _tell(action.transaction.context, "on_response", action.response)
         if kind is RequestReceived:
             assert isinstance(action, RequestReceived)
             request = action.request
@@ -167,25 +162,13 @@ class CallEngine:
             return self._ack(action.request)
         if kind is TimedOut:
             assert isinstance(action, TimedOut)
-            on_timeout = getattr(action.transaction.context, "on_timeout", None)
-            if on_timeout is not None:
-                on_timeout()
-                return True
-            return False
+            return _tell(action.transaction.context, "on_timeout")
         if kind is TransportFailed:
             assert isinstance(action, TransportFailed)
-            context = action.transaction.context
-            on_error = getattr(context, "on_transport_error", None)
-            if on_error is not None:
-                on_error(action.reason)
-                return True
             # Contexts without a transport-error path see what they see on a timeout
             # (8.1.3.1 and 18.4 end alike for a TU that cannot try elsewhere).
-            on_timeout = getattr(context, "on_timeout", None)
-            if on_timeout is not None:
-                on_timeout()
-                return True
-            return False
+            context = action.transaction.context
+            return _tell(context, "on_transport_error", action.reason) or _tell(context, "on_timeout")
         if kind is StrayResponse:
             assert isinstance(action, StrayResponse)
             response = action.response
@@ -445,3 +428,12 @@ class CallEngine:
         data.setdefault("call_id", call.leg.request.call_id)
         self.events.publish(Event(owner=owner, type=type_, data=data, time=self.wall_clock()))
 
+
+def _tell(context: object, event: str, *args: object) -> bool:
+    """Call ``context.<event>(*args)`` if the transaction's context has it (a leg, a
+    bridge relay, a callback or registration waiter); True if it did."""
+    method = getattr(context, event, None)
+    if method is None:
+        return False
+    method(*args)
+    return True

@@ -3,6 +3,8 @@ relay with the NAT fix, duration limits and lost retransmissions."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from engine import legs
 from engine.server import Server
 from sip.message import Request
 from tests.calls.helpers import (
+    Answered,
     Call,
     Incoming,
     Phone,
@@ -151,7 +154,10 @@ async def test_early_media_is_relayed_with_the_nat_fix(tmp_path: Path) -> None:
             assert cancel.request.call_id == incoming.request.call_id
 
 
-async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) -> None:
+@asynccontextmanager
+async def _bridged_from_private_addresses(tmp_path: Path) -> AsyncIterator[tuple[Phone, Phone, Call, Answered]]:
+    """carol (outside, offering from 192.168.1.20) calls alice, whose In dialplan dials
+    bob (answering from 10.9.8.7); the call is up: (bob, carol, carol's call, bob's side)."""
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
                   dialplans={"in": 'sys.Dial("bob@local")\n'})
@@ -162,94 +168,91 @@ async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) 
             ok = await carol.final(call)
             assert _c_line(ok.body) == "c=IN IP4 127.0.0.1"
             await bob.next_request("ACK")
-            # The caller re-offers (hold, a new port) from a private address again.
-            reoffer_task_result: list[object] = []
+            yield bob, carol, call, callee
 
-            async def callee_answers() -> None:
-                re = await bob.next_request("INVITE")
-                reoffer_task_result.append(re.request.body)
-                await bob.send(bob.reply(re, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41002)), re.source)
-                await bob.next_request("ACK")
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(callee_answers)
-                answer = await call.reinvite(sdp("172.16.0.9", 40002))
-            assert answer.status == 200
-            relayed = reoffer_task_result[0]
-            assert isinstance(relayed, bytes)
-            assert _c_line(relayed) == "c=IN IP4 127.0.0.1" and b"m=audio 40002" in relayed
-            assert _c_line(answer.body) == "c=IN IP4 127.0.0.1" and b"m=audio 41002" in answer.body
-            # And the callee's re-offer travels the other way.
-            async def caller_answers() -> None:
-                re = await carol.next_request("INVITE")
-                reoffer_task_result.append(re.request.body)
-                await carol.send(carol.reply(re, 200, body=sdp("192.168.7.7", 40004)), re.source)
+async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) -> None:
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+        # The caller re-offers (hold, a new port) from a private address again.
+        reoffer_task_result: list[object] = []
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller_answers)
-                back = await callee.reinvite(sdp("10.9.8.7", 41004))
-            assert back.status == 200
-            assert _c_line(reoffer_task_result[1]) == "c=IN IP4 127.0.0.1"  # type: ignore[arg-type]
-            assert _c_line(back.body) == "c=IN IP4 127.0.0.1"
+        async def callee_answers() -> None:
+            re = await bob.next_request("INVITE")
+            reoffer_task_result.append(re.request.body)
+            await bob.send(bob.reply(re, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41002)), re.source)
+            await bob.next_request("ACK")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(callee_answers)
+            answer = await call.reinvite(sdp("172.16.0.9", 40002))
+        assert answer.status == 200
+        relayed = reoffer_task_result[0]
+        assert isinstance(relayed, bytes)
+        assert _c_line(relayed) == "c=IN IP4 127.0.0.1" and b"m=audio 40002" in relayed
+        assert _c_line(answer.body) == "c=IN IP4 127.0.0.1" and b"m=audio 41002" in answer.body
+        # And the callee's re-offer travels the other way.
+        async def caller_answers() -> None:
+            re = await carol.next_request("INVITE")
+            reoffer_task_result.append(re.request.body)
+            await carol.send(carol.reply(re, 200, body=sdp("192.168.7.7", 40004)), re.source)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller_answers)
+            back = await callee.reinvite(sdp("10.9.8.7", 41004))
+        assert back.status == 200
+        assert _c_line(reoffer_task_result[1]) == "c=IN IP4 127.0.0.1"  # type: ignore[arg-type]
+        assert _c_line(back.body) == "c=IN IP4 127.0.0.1"
 
 
 async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> None:
-    async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
-                  dialplans={"in": 'sys.Dial("bob@local")\n'})
-        async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call = await carol.invite("alice", authenticate=False, body=sdp("192.168.1.20", 40000))
-            incoming = await bob.next_request("INVITE")
-            callee = await bob.answer(incoming, body=sdp("10.9.8.7", 41000))
-            await carol.final(call)
-            await bob.next_request("ACK")
-            seen: list[Request] = []
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+        seen: list[Request] = []
 
-            # RFC 3311 UPDATE from the caller: a new offer from a private address, fixed
-            # on the way in, and the callee's answer fixed on the way back.
-            async def callee_answers_update() -> None:
-                update = await bob.next_request("UPDATE")
-                seen.append(update.request)
-                await bob.send(bob.reply(update, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41006)),
-                               update.source)
+        # RFC 3311 UPDATE from the caller: a new offer from a private address, fixed
+        # on the way in, and the callee's answer fixed on the way back.
+        async def callee_answers_update() -> None:
+            update = await bob.next_request("UPDATE")
+            seen.append(update.request)
+            await bob.send(bob.reply(update, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41006)),
+                           update.source)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(callee_answers_update)
-                answer = await call.send_in_dialog("UPDATE", sdp("172.16.0.9", 40006))
-            assert answer.status == 200
-            assert _c_line(seen[0].body) == "c=IN IP4 127.0.0.1" and b"m=audio 40006" in seen[0].body
-            assert _c_line(answer.body) == "c=IN IP4 127.0.0.1" and b"m=audio 41006" in answer.body
-            assert answer.headers.get("Content-Type") == "application/sdp"
-            assert call.final is not None  # the 2xx to an UPDATE names our side, not bob (RFC 3311 5.2)
-            assert str(answer.contacts[0].uri) == str(call.final.contacts[0].uri)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(callee_answers_update)
+            answer = await call.send_in_dialog("UPDATE", sdp("172.16.0.9", 40006))
+        assert answer.status == 200
+        assert _c_line(seen[0].body) == "c=IN IP4 127.0.0.1" and b"m=audio 40006" in seen[0].body
+        assert _c_line(answer.body) == "c=IN IP4 127.0.0.1" and b"m=audio 41006" in answer.body
+        assert answer.headers.get("Content-Type") == "application/sdp"
+        assert call.final is not None  # the 2xx to an UPDATE names our side, not bob (RFC 3311 5.2)
+        assert str(answer.contacts[0].uri) == str(call.final.contacts[0].uri)
 
-            # RFC 6086 INFO from the callee (DTMF): the body, its type and the Info-Package
-            # header arrive unchanged, and the caller's answer comes back.
-            async def caller_answers_info() -> None:
-                info = await carol.next_request("INFO")
-                seen.append(info.request)
-                await carol.send(carol.reply(info, 200), info.source)
+        # RFC 6086 INFO from the callee (DTMF): the body, its type and the Info-Package
+        # header arrive unchanged, and the caller's answer comes back.
+        async def caller_answers_info() -> None:
+            info = await carol.next_request("INFO")
+            seen.append(info.request)
+            await carol.send(carol.reply(info, 200), info.source)
 
-            dtmf = b"Signal=5\r\nDuration=160\r\n"
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller_answers_info)
-                done = await callee.send_in_dialog("INFO", dtmf, content_type="application/dtmf-relay",
-                                                   headers=[("Info-Package", "dtmf")])
-            assert done.status == 200
-            info = seen[1]
-            assert info.body == dtmf
-            assert info.headers.get("Content-Type") == "application/dtmf-relay"
-            assert info.headers.get("Info-Package") == "dtmf"
-            assert info.call_id == call.call_id and info.from_.tag == (call.final.to.tag if call.final else None)
+        dtmf = b"Signal=5\r\nDuration=160\r\n"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller_answers_info)
+            done = await callee.send_in_dialog("INFO", dtmf, content_type="application/dtmf-relay",
+                                               headers=[("Info-Package", "dtmf")])
+        assert done.status == 200
+        info = seen[1]
+        assert info.body == dtmf
+        assert info.headers.get("Content-Type") == "application/dtmf-relay"
+        assert info.headers.get("Info-Package") == "dtmf"
+        assert info.call_id == call.call_id and info.from_.tag == (call.final.to.tag if call.final else None)
 
-            # A body that is not a session description is never rewritten, even when it
-            # reads like one and names a private address.
-            text = sdp("192.168.1.5", 5000)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller_answers_info)
-                done = await callee.send_in_dialog("INFO", text, content_type="text/plain")
-            assert done.status == 200
-            assert seen[2].body == text and seen[2].headers.get("Content-Type") == "text/plain"
+        # A body that is not a session description is never rewritten, even when it
+        # reads like one and names a private address.
+        text = sdp("192.168.1.5", 5000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller_answers_info)
+            done = await callee.send_in_dialog("INFO", text, content_type="text/plain")
+        assert done.status == 200
+        assert seen[2].body == text and seen[2].headers.get("Content-Type") == "text/plain"
 
 
 async def test_call_duration_limit_hangs_up_both_sides(tmp_path: Path) -> None:

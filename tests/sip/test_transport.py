@@ -88,9 +88,9 @@ def _closed_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-async def test_an_icmp_unreachable_ends_the_transaction_at_once() -> None:
-    # RFC 3261 18.4/17.1.2.2: a port unreachable for our request is a transport error,
-    # reported to the TU now rather than by Timer F 32 s later.
+async def _request_to_a_closed_port(transport: str) -> tuple[object, list[TransportFailed], SIPEndpoint]:
+    """Send an OPTIONS over ``transport`` to a port nothing listens on; the transaction,
+    the TransportFailed events the handler got (within 3 s), and the endpoint."""
     failed: list[TransportFailed] = []
     done = trio.Event()
 
@@ -102,11 +102,22 @@ async def test_an_icmp_unreachable_ends_the_transaction_at_once() -> None:
     endpoint = SIPEndpoint(host="127.0.0.1", port=0, handler=handler)
     async with trio.open_nursery() as nursery:
         local = await nursery.start(endpoint.serve)
-        port = _closed_port(socket.SOCK_DGRAM)
-        tx = endpoint.request(_options_to(local, port), ("127.0.0.1", port))
+        port = _closed_port(socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM)
+        request = _options_to(local, port)
+        if transport != "UDP":
+            request = request.replace(headers=request.headers.with_replaced(
+                "Via", f"SIP/2.0/{transport} {local[0]}:{local[1]};branch={new_branch()}"))
+        tx = endpoint.request(request, ("127.0.0.1", port), transport)
         with trio.fail_after(3):
             await done.wait()
         nursery.cancel_scope.cancel()
+    return tx, failed, endpoint
+
+
+async def test_an_icmp_unreachable_ends_the_transaction_at_once() -> None:
+    # RFC 3261 18.4/17.1.2.2: a port unreachable for our request is a transport error,
+    # reported to the TU now rather than by Timer F 32 s later.
+    tx, failed, endpoint = await _request_to_a_closed_port("UDP")
     assert [f.transaction for f in failed] == [tx]
     assert "ECONNREFUSED" in failed[0].reason
     assert endpoint.layer.statistics()["client_transactions"] == 0
@@ -139,24 +150,6 @@ async def test_a_send_right_after_an_icmp_error_still_goes_out() -> None:
 
 
 async def test_a_refused_tcp_connection_ends_the_transaction_at_once() -> None:
-    failed: list[TransportFailed] = []
-    done = trio.Event()
-
-    def handler(action: Action) -> None:
-        if isinstance(action, TransportFailed):
-            failed.append(action)
-            done.set()
-
-    endpoint = SIPEndpoint(host="127.0.0.1", port=0, handler=handler)
-    async with trio.open_nursery() as nursery:
-        local = await nursery.start(endpoint.serve)
-        port = _closed_port(socket.SOCK_STREAM)
-        request = _options_to(local, port)
-        request = request.replace(headers=request.headers.with_replaced(
-            "Via", f"SIP/2.0/TCP {local[0]}:{local[1]};branch={new_branch()}"))
-        tx = endpoint.request(request, ("127.0.0.1", port), "TCP")
-        with trio.fail_after(3):
-            await done.wait()
-        nursery.cancel_scope.cancel()
+    tx, failed, _ = await _request_to_a_closed_port("TCP")
     assert [f.transaction for f in failed] == [tx]
     assert failed[0].reason.startswith("TCP connect failed")
