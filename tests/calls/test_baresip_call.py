@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from engine.server import Server
@@ -72,21 +73,27 @@ async def _registered(server: Server, *aors: str) -> None:
             await trio.sleep(0.05)
 
 
-async def test_baresip_calls_baresip_through_an_in_dialplan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_baresip_calls_baresip_through_an_in_dialplan(tmp_path: Path, transport: str) -> None:
     with trio.fail_after(30):
         async with running_server(tmp_path) as server:
             provision(server, accounts={"alice": (None, None), "bob": ("in", None)},
                       dialplans={"in": IN_DIALPLAN})
             assert server.sip_address is not None
-            alice = Baresip(tmp_path, user="alice", password=PASSWORD, server=server.sip_address)
-            bob = Baresip(tmp_path, user="bob", password=PASSWORD, server=server.sip_address)
+            alice = Baresip(tmp_path, user="alice", password=PASSWORD, server=server.sip_address, transport=transport)
+            bob = Baresip(tmp_path, user="bob", password=PASSWORD, server=server.sip_address, transport=transport)
             async with trio.open_nursery() as nursery:
                 try:
                     await alice.start(nursery)
                     await bob.start(nursery)
                     await _registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
+                    # Both registered over the transport under test: bob's phone is rung,
+                    # and alice's calls arrive, over that.
+                    for aor in ("alice@127.0.0.1", "bob@127.0.0.1"):
+                        (binding,) = server.registrar.lookup(aor, time.time())
+                        assert binding.transport.lower() == transport
 
-                    target = f"sip:bob@127.0.0.1:{server.sip_address[1]}"
+                    target = f"sip:bob@127.0.0.1:{server.sip_address[1]};transport={transport}"
                     dialled = await alice.command("dial", target)
                     assert dialled["ok"], dialled
                     await alice.wait_event("CALL_ESTABLISHED", limit=10)

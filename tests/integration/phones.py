@@ -30,6 +30,7 @@ class Baresip:
         regint: int = 60,
         domain: str = "127.0.0.1",
         extra_account_params: str = "",
+        transport: str = "udp",
     ) -> None:
         self.binary = require_tool("baresip")
         self.dir = workdir / f"baresip-{user}"
@@ -69,7 +70,7 @@ class Baresip:
             )
         )
         (self.dir / "accounts").write_text(
-            f"<sip:{user}@{domain}:{port};transport=udp>;auth_pass={password};"
+            f"<sip:{user}@{domain}:{port};transport={transport}>;auth_pass={password};"
             f"answermode=auto;regint={regint};audio_codecs=pcmu{extra_account_params}\n"
         )
         self.log_path = self.dir / "baresip.log"
