@@ -207,9 +207,10 @@ class SIPEndpoint:
         self._rearm_timer()
 
     def queue_delay(self) -> float:
-        """How long the message being handled waited in the UDP socket's queue before
-        it was read, in seconds: what a server behind its load sees grow.  0.0 for a
-        stream message, or where the kernel gives no receive timestamps."""
+        """How long the message being handled waited in its socket's queue before it
+        was read, in seconds: what a server behind its load sees grow.  For a TCP
+        message, the wait of the newest segment read with it (so never more than its
+        own).  0.0 where the kernel gives no receive timestamps."""
         stamp = self._stamp
         if stamp is None:
             return 0.0
@@ -460,10 +461,24 @@ class SIPEndpoint:
     async def _tcp_reader(self, conn: _Connection) -> None:
         framer = StreamFramer()
         incoming = Incoming(conn.peer, self.local, "TCP")
+        # The kernel stamps TCP data too (SCM_TIMESTAMPNS of the newest segment read), so
+        # queue_delay() sees a server behind its load on its connections as well.
+        sock = conn.stream.socket
+        stamped = self._timestamps
+        if stamped:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            except OSError:
+                stamped = False
+        stamp: bytes | None = None
         while True:
             with trio.move_on_after(self.limits.tcp_idle_timeout) as idle:
                 try:
-                    data = await conn.stream.receive_some(65536)
+                    if stamped:
+                        data, control, _flags, _addr = await sock.recvmsg(65536, 64)
+                        stamp = control[0][2] if control and control[0][1] == _SO_TIMESTAMPNS else None
+                    else:
+                        data = await conn.stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
             if idle.cancelled_caught:
@@ -481,7 +496,7 @@ class SIPEndpoint:
                 return
             for raw in messages:
                 self.counters["tcp_in"] += 1
-                self._stamp = None  # (a stream's queue is not the datagram queue)
+                self._stamp = stamp
                 self.receive_bytes(raw, incoming)
             if not messages and len(data) >= 4 and not data.strip(b"\r\n"):
                 # RFC 5626 3.5.1: answer a CRLFCRLF ping with a CRLF pong.

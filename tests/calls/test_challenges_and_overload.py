@@ -13,8 +13,9 @@ from pathlib import Path
 import trio
 
 from engine.server import Server
-from sip.message import Request, make_ack_for_error
+from sip.message import Request, Response, make_ack_for_error
 from tests.calls.helpers import Phone, phones, provision, running_server, sdp
+from tests.integration.sipclient import TCPClient
 
 
 def _server_transactions(server: Server) -> int:
@@ -127,6 +128,30 @@ async def test_a_server_behind_sheds_new_invites_without_credentials(tmp_path: P
             await bob.send(bob.reply(incoming, 486), incoming.source)
             final = await alice.next_response(call_id="behind-1@uac", final=True)
             assert (final.status, final.cseq.number) == (486, 2)
+            assert server.endpoint.statistics()["shed"] == 1
+
+
+async def test_a_server_behind_sheds_new_invites_over_tcp_too(tmp_path: Path) -> None:
+    # The kernel stamps TCP segments as it does datagrams: an INVITE that waited in a
+    # connection's buffer past overload_delay is refused the same way.
+    async with running_server(tmp_path, overload_delay=0.2) as server:
+        assert server.endpoint is not None and server.sip_address is not None
+        provision(server, accounts={"alice": (None, "out")}, dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with TCPClient(server.sip_address) as tcp:
+            assert tcp.stream is not None
+            invite = tcp.request("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
+                                 contact=f"<sip:alice@127.0.0.1:{tcp.local[1]};transport=tcp>")
+            with socket.socket(fileno=os.dup(tcp.stream.socket.fileno())) as raw:
+                raw.send(invite.to_bytes())
+            time.sleep(0.35)  # noqa: ASYNC251 - the server's loop is this one: it stalls too
+            shed = await tcp.receive()
+            assert isinstance(shed, Response)
+            assert (shed.status, shed.reason) == (503, "Service Unavailable (overloaded)")
+            assert server.endpoint.statistics()["shed"] == 1
+            # On time, a new INVITE over the same connection is challenged as usual.
+            again = tcp.request("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",
+                                contact=f"<sip:alice@127.0.0.1:{tcp.local[1]};transport=tcp>")
+            assert (await tcp.final_response(again)).status == 407
             assert server.endpoint.statistics()["shed"] == 1
 
 
