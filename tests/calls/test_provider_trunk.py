@@ -35,12 +35,16 @@ async def test_a_challenging_provider_through_its_outbound_proxy(
                 "provider", "add", "acme", "trunk", "--server", "sip.trunk.invalid",
                 "--username", "u77", "--password", "trunk-Pw9",
                 "--outbound-proxy", f"127.0.0.1:{trunk.local[1]}",
+                "--from-user", "4420", "--from-host", "trunk.example", "--header", "X-Account: 17",
                 "--data-dir", str(server.config.data_dir)])
             assert code == 0
 
             call = await alice.invite("15551234")
             first = await trunk.next_request("INVITE")
             assert str(first.request.uri) == "sip:15551234@sip.trunk.invalid"
+            # The trunk's From and custom headers, on every INVITE of the leg.
+            assert str(first.request.from_.uri) == "sip:4420@trunk.example"
+            assert first.request.headers.get("X-Account") == "17"
             assert first.request.headers.get(answer_header) is None
             challenger = DigestChallenger(b"trunk-test-secret-0123")
             await trunk.send(trunk.reply(first, status, headers=[
@@ -61,6 +65,7 @@ async def test_a_challenging_provider_through_its_outbound_proxy(
             assert second.request.from_.tag == first.request.from_.tag
             assert second.request.cseq.number == first.request.cseq.number + 1
             assert second.request.top_via.branch != first.request.top_via.branch
+            assert second.request.headers.get("X-Account") == "17"
 
             answered = await trunk.answer(second)
             ok = await alice.final(call)
