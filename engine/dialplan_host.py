@@ -26,7 +26,7 @@ from engine.dialstring import (
     drop_duplicates,
     parse_dial_string,
 )
-from engine.forking import Forker, PlannedLeg
+from engine.forking import Forker, PlannedLeg, caller_answer
 from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite, is_ip
 from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
@@ -181,7 +181,7 @@ class DialplanRunner:
         elif result.outcome is Outcome.COMPILE_ERROR:
             leg.reject(500, "Dialplan does not compile")
         elif host.last_failure is not None:
-            leg.reject(*host.last_failure)
+            leg.reject(*caller_answer(*host.last_failure))
         else:
             leg.reject(480, "Temporarily Unavailable")
 
@@ -218,7 +218,7 @@ class DialplanRunner:
         host = DialplanHost(runner=self, call=call, dialplan="")
         reply = await host.dial(dialstring, 0, 0)
         if call.leg.final_status is None and not reply.end:
-            status, reason = host.last_failure or (480, "Temporarily Unavailable")
+            status, reason = caller_answer(*(host.last_failure or (480, "Temporarily Unavailable")))
             call.leg.reject(status, reason)
 
 

@@ -169,6 +169,17 @@ def _rank(status: int) -> float:
     return status / 100 if status < 600 else math.inf
 
 
+def caller_answer(status: int, reason: str) -> tuple[int, str]:
+    """What the caller hears for a Dial that failed with ``status``: the status as is,
+    but a 503.  A 503 tells its receiver that *this* server is unavailable and to try
+    another one (RFC 3261 21.5.4); one from a leg says only that the next hop was, so
+    it goes to the caller as 500 (16.7 step 6).  ``sys.LastFailureStatus`` keeps 503,
+    and a script that means 503 can say so with ``sys.Respond``."""
+    if status == 503:
+        return 500, f"Next hop unavailable: {reason}"[:200]
+    return status, reason
+
+
 def relay_sdp(body: bytes, leg: OutboundLeg) -> bytes:
     """The NAT fix for an answer or early media from a leg."""
     return fix_sdp(body, leg.destination)

@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from engine.forking import caller_answer
 from sandbox import ExecutionResult, HostReply, LimitKind, Outcome, PlainValue, SandboxPool
 
 _SUBSTITUTION = re.compile(r"\$\{(dst|exten|fromname|fromuriuser|fromaor)(?::(\d+))?\}")
@@ -298,7 +299,7 @@ def call_answer(result: ExecutionResult, host: SimulatedHost) -> SimulatedCall:
         return SimulatedCall(
             outcome=CallOutcome.CRASHED, status=500, reason="Dialplan execution failed", **common  # type: ignore[arg-type]
         )
-    status, reason = host.last_failure or (480, "Temporarily Unavailable")
+    status, reason = caller_answer(*(host.last_failure or (480, "Temporarily Unavailable")))
     return SimulatedCall(outcome=CallOutcome.COMPLETED, status=status, reason=reason, **common)  # type: ignore[arg-type]
 
 

@@ -369,3 +369,23 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye
             assert bye.request.call_id == call.call_id
             await bob.next_request("BYE")
             assert len(server.calls.unacked_answers) == 0
+
+
+async def test_a_binding_that_has_gone_fails_at_once(tmp_path: Path) -> None:
+    # bob's phone registered, then went away without unregistering: the INVITE to its
+    # binding draws an ICMP port unreachable, which ends the leg at once (RFC 3261
+    # 18.4) instead of after Timer B's 32 s.
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\nsys.Log("dial: %s %s" % (sys.LastFailureStatus, sys.LastFailureReason))\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            bob.close()
+            started = trio.current_time()
+            call = await carol.invite("alice", authenticate=False)
+            final = await carol.final(call, within=10)
+            assert trio.current_time() - started < 3
+            # The next hop was unavailable, not this server: 500, not 503 (RFC 3261
+            # 16.7 step 6, 21.5.4); the script saw the 503 itself.
+            assert (final.status, final.reason) == (500, "Next hop unavailable: Service Unavailable (ICMP: ECONNREFUSED)")
+        trace = await wait_rows(server, "SELECT text FROM traces", 1)
+        assert "DialPlan=> dial: 503 Service Unavailable (ICMP: ECONNREFUSED)" in trace[0][0]
