@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from engine.legs import advertised
+from engine.legs import OutboundLeg, advertised
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
@@ -102,7 +102,7 @@ class Bridge:
         # so what lingers after a call (its dialogs' keys, its transactions) holds
         # neither.  (Typed loosely: engine.calls builds on this module.)
         self.call: object | None = None
-        self.callee_leg: object | None = None
+        self.callee_leg: OutboundLeg | None = None
 
     def sides(self) -> tuple[Side, Side]:
         return self.caller, self.callee
@@ -189,11 +189,24 @@ class Bridge:
         self.endpoint.respond(relay.server_tx, answer)
 
     def on_ack(self, side: Side, request: Request) -> None:
+        callee_leg = self.callee_leg
+        if side is self.caller and callee_leg is not None and callee_leg.awaits_late_answer:
+            # The call began with a late offer: this ACK carries the caller's answer to
+            # the callee's offer, and the callee's ACK has waited for it.
+            content_type = request.headers.get("Content-Type")
+            answer = request.body
+            if answer and _is_sdp(content_type):
+                answer = fix_sdp(answer, side.dialog.flow or ("0.0.0.0", 0))
+            callee_leg.answer_late_offer(answer)
+            return
         side.pending_answer = None
         side.pending_ack.set()
 
     def on_retransmitted_2xx(self, side: Side, response: Response) -> None:
         """A 2xx retransmitted by a side (our ACK was lost): ACK it again."""
+        if side is self.callee and self.callee_leg is not None:
+            self.callee_leg.acknowledge(response)  # (with the late answer, if any)
+            return
         host, port = self.endpoint.local
         ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=response.cseq.number)
         dest = side.dialog.destination()
@@ -207,6 +220,9 @@ class Bridge:
             return
         self.hung_up_by = by
         self.end_reason = reason
+        callee_leg = self.callee_leg
+        if callee_leg is not None and callee_leg.awaits_late_answer:
+            callee_leg.answer_late_offer(b"")  # the callee's 2xx is ACKed before its BYE
         host, port = self.endpoint.local
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:

@@ -229,6 +229,11 @@ class OutboundLeg:
         self.cancel_requested = False
         self.provisional: Response | None = None
         self._auth_attempts = 0
+        # Late offer (an INVITE without SDP): the 2xx carries the offer, and its ACK must
+        # carry the answer (RFC 3261 13.2.2.4, RFC 3264), which is in the caller's ACK.
+        # None until known; the 2xx whose ACK waits for it meanwhile.
+        self.late_answer: bytes | None = None
+        self._ack_waiting: Response | None = None
         self.started_at: float | None = None
         self.progress_at: float | None = None
         self.answered_at: float | None = None
@@ -347,14 +352,40 @@ class OutboundLeg:
 
     def _acknowledge(self, response: Response) -> None:
         """ACK a 2xx (13.2.2.4): a new request in the dialog with the INVITE's CSeq number,
-        sent directly (no transaction), to the flow the answer came from."""
+        sent directly (no transaction), to the flow the answer came from.  After a late
+        offer, it waits for the answer (:meth:`answer_late_offer`) unless the leg is
+        being given up."""
+        if self.late_answer is None and not self.request.body and not self.cancel_requested:
+            self._ack_waiting = response
+            return
         cseq = self.request.cseq.number
         dialog = self.dialog or Dialog.as_uac(
             self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
         )
         host, port = self.endpoint.local
-        ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq)
+        answer = self.late_answer
+        ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq,
+                                    body=answer or b"", content_type="application/sdp" if answer else None)
         self.endpoint.send_message(ack, dialog.destination() or self.destination, self.transport)
+
+    def acknowledge(self, response: Response) -> None:
+        """ACK a retransmission of this leg's 2xx that outlived its transaction."""
+        self._acknowledge(response)
+
+    def answer_late_offer(self, answer: bytes) -> None:
+        """The answer to the offer in this leg's 2xx (from the caller's ACK): send the
+        ACK that waited for it; retransmitted 2xx get the same ACK."""
+        if self.late_answer is not None:
+            return
+        self.late_answer = answer
+        waiting, self._ack_waiting = self._ack_waiting, None
+        if waiting is not None:
+            self._acknowledge(waiting)
+
+    @property
+    def awaits_late_answer(self) -> bool:
+        """A late offer whose answer is not known yet (the caller has not ACKed)."""
+        return self.late_answer is None and not self.request.body
 
     def _authenticated_retry(self, challenge: Response) -> Request | None:
         assert self.credentials is not None
@@ -397,6 +428,8 @@ class OutboundLeg:
         """Send BYE in the dialog (fire and forget: its transaction retransmits)."""
         if self.dialog is None:
             return
+        if self._ack_waiting is not None:
+            self.answer_late_offer(b"")  # no answer will come: the 2xx is ACKed bare first
         host, port = self.endpoint.local
         headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
         bye = self.dialog.create_request("BYE", via_host=advertised(host), via_port=port, headers=headers)

@@ -389,3 +389,51 @@ async def test_a_binding_that_has_gone_fails_at_once(tmp_path: Path) -> None:
             assert (final.status, final.reason) == (500, "Next hop unavailable: Service Unavailable (ICMP: ECONNREFUSED)")
         trace = await wait_rows(server, "SELECT text FROM traces", 1)
         assert "DialPlan=> dial: 503 Service Unavailable (ICMP: ECONNREFUSED)" in trace[0][0]
+
+
+async def test_a_late_offer_gets_its_answer_from_the_callers_ack(tmp_path: Path) -> None:
+    # RFC 3264 / RFC 3261 13.2.2.4: an INVITE without SDP; the callee's 2xx carries the
+    # offer and the ACK must carry the answer.  The answer comes in the caller's ACK, so
+    # the callee's ACK waits for it (NAT fix applied on the way).
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
+                  dialplans={"in": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            carol.auto_ack = False
+            call = await carol.invite("alice", authenticate=False, body=b"")
+            incoming = await bob.next_request("INVITE")
+            assert incoming.request.body == b""
+            await bob.answer(incoming, body=sdp("10.9.8.7", 41000))
+            ok = await carol.final(call)
+            assert ok.status == 200 and _c_line(ok.body) == "c=IN IP4 127.0.0.1"  # the offer
+            await bob.no_request("ACK", 0.3)  # not before the answer is known
+            ack = call._in_dialog("ACK", cseq=call.invite.cseq.number, body=sdp("192.168.1.20", 40000))
+            await carol.send(ack)
+            got = await bob.next_request("ACK")
+            assert got.request.headers.get("Content-Type") == "application/sdp"
+            assert _c_line(got.request.body) == "c=IN IP4 127.0.0.1" and b"m=audio 40000" in got.request.body
+            # Established: a BYE crosses as usual.
+            assert (await call.bye()).status == 200
+            await bob.next_request("BYE")
+
+
+async def test_a_late_offer_the_caller_never_answers_is_acked_bare_then_hung_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(legs, "T1", 0.05)
+    monkeypatch.setattr(legs, "T2", 0.4)
+    async with running_server(tmp_path) as server:
+        _alice_dials_bob(server)
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            carol.auto_ack = False
+            call = await carol.invite("alice", authenticate=False, body=b"")
+            incoming = await bob.next_request("INVITE")
+            await bob.answer(incoming)
+            assert (await carol.final(call)).status == 200
+            # No ACK from carol, ever: at 64*T1 the callee's 2xx gets its ACK (without an
+            # answer: none came), then a BYE; nothing was left waiting.
+            ack = await bob.next_request("ACK", within=6)
+            assert ack.request.body == b""
+            bye = await bob.next_request("BYE", within=3)
+            assert bye.request.call_id == incoming.request.call_id
+            assert len(server.calls.unacked_answers) == 0
