@@ -53,13 +53,17 @@ class Side:
     # Our 2xx to a re-INVITE from this side, retransmitted until its ACK.
     pending_answer: Response | None = None
     pending_ack: trio.Event = field(default_factory=trio.Event)
+    # After a re-INVITE from this side without SDP (a late offer), the other side's 2xx
+    # carries the offer and waits for our ACK with the answer, which this side's ACK
+    # brings: the relay of that re-INVITE.
+    late_ack: _Relay | None = None
 
 
 class _Relay:
     """Context of a client transaction that carries a relayed request to the other side;
     its final response goes back through the original server transaction."""
 
-    __slots__ = ("bridge", "origin", "server_tx", "request", "source_side", "target_side")
+    __slots__ = ("bridge", "origin", "server_tx", "request", "source_side", "target_side", "acked_with")
 
     def __init__(self, bridge: Bridge, server_tx: ServerTransaction, request: Request, source_side: Side, target_side: Side) -> None:
         self.bridge = bridge
@@ -67,6 +71,8 @@ class _Relay:
         self.request = request
         self.source_side = source_side
         self.target_side = target_side
+        # The answer our ACK carried after a late offer (None: not ACKed yet).
+        self.acked_with: bytes | None = None
 
     def on_response(self, response: Response) -> None:
         self.bridge._relay_response(self, response)
@@ -176,14 +182,15 @@ class Bridge:
             original, status, response.reason, to_tag=relay.source_side.dialog.local_tag, headers=extra, body=body
         )
         if relay.request.method == "INVITE" and 200 <= status < 300:
-            # The other side's 2xx needs our ACK (13.2.2.4); the offer was in the
-            # re-INVITE, so the ACK carries no body.
-            cseq = relay.request.cseq.number
-            host, port = self.endpoint.local
-            ack = relay.target_side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq)
-            dest = relay.target_side.dialog.destination()
-            if dest is not None:
-                self.endpoint.send_message(ack, dest, relay.target_side.transport)
+            # The other side's 2xx needs our ACK (13.2.2.4).  With the offer in the
+            # re-INVITE it carries no body and goes now; after a late offer it carries
+            # the answer, which comes in the source side's ACK (RFC 3264).
+            if relay.request.body:
+                self._ack(relay.target_side, relay.request.cseq.number, b"")
+            elif relay.acked_with is not None:  # a retransmitted 2xx: the same ACK again
+                self._ack(relay.target_side, relay.request.cseq.number, relay.acked_with)
+            else:
+                relay.source_side.late_ack = relay
             relay.source_side.pending_answer = answer
             relay.source_side.pending_ack = trio.Event()
         self.endpoint.respond(relay.server_tx, answer)
@@ -199,19 +206,33 @@ class Bridge:
                 answer = fix_sdp(answer, side.dialog.flow or ("0.0.0.0", 0))
             callee_leg.answer_late_offer(answer)
             return
+        late = side.late_ack
+        if late is not None:
+            side.late_ack = None
+            answer = request.body
+            if answer and _is_sdp(request.headers.get("Content-Type")):
+                answer = fix_sdp(answer, side.dialog.flow or ("0.0.0.0", 0))
+            late.acked_with = answer
+            self._ack(late.target_side, late.request.cseq.number, answer)
         side.pending_answer = None
         side.pending_ack.set()
+
+    def _ack(self, side: Side, cseq: int, answer: bytes) -> None:
+        """ACK a 2xx of ``side`` to our re-INVITE with CSeq ``cseq`` (with the answer to
+        its offer after a late offer)."""
+        host, port = self.endpoint.local
+        ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq,
+                                         body=answer, content_type="application/sdp" if answer else None)
+        dest = side.dialog.destination()
+        if dest is not None:
+            self.endpoint.send_message(ack, dest, side.transport)
 
     def on_retransmitted_2xx(self, side: Side, response: Response) -> None:
         """A 2xx retransmitted by a side (our ACK was lost): ACK it again."""
         if side is self.callee and self.callee_leg is not None:
             self.callee_leg.acknowledge(response)  # (with the late answer, if any)
             return
-        host, port = self.endpoint.local
-        ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=response.cseq.number)
-        dest = side.dialog.destination()
-        if dest is not None:
-            self.endpoint.send_message(ack, dest, side.transport)
+        self._ack(side, response.cseq.number, b"")
 
     # -- ending ----------------------------------------------------------------------------
     def hang_up(self, *, by: str, reason: str, notify: Side | None = None) -> None:
@@ -223,6 +244,11 @@ class Bridge:
         callee_leg = self.callee_leg
         if callee_leg is not None and callee_leg.awaits_late_answer:
             callee_leg.answer_late_offer(b"")  # the callee's 2xx is ACKed before its BYE
+        for side in (self.caller, self.callee):
+            late = side.late_ack
+            if late is not None:  # a late-offer re-INVITE's 2xx, likewise
+                side.late_ack = None
+                self._ack(late.target_side, late.request.cseq.number, b"")
         host, port = self.endpoint.local
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:

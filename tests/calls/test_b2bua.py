@@ -204,6 +204,25 @@ async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) 
         assert _c_line(back.body) == "c=IN IP4 127.0.0.1"
 
 
+async def test_a_late_offer_reinvite_gets_its_answer_from_the_senders_ack(tmp_path: Path) -> None:
+    # A re-INVITE without SDP (a session refresh, some PBXs' resume): the other side's
+    # 2xx carries the offer, and our ACK to it carries the answer from the sender's ACK.
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+        reinvite = call._in_dialog("INVITE")
+        await carol.send(reinvite)
+        relayed = await bob.next_request("INVITE")
+        assert relayed.request.body == b""
+        await bob.send(bob.reply(relayed, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41008)), relayed.source)
+        offer = await carol.next_response(call_id=call.call_id, final=True)
+        assert offer.status == 200 and b"m=audio 41008" in offer.body
+        assert _c_line(offer.body) == "c=IN IP4 127.0.0.1"
+        await bob.no_request("ACK", 0.3)  # not before the answer is known
+        await carol.send(call._in_dialog("ACK", cseq=reinvite.cseq.number, body=sdp("192.168.1.20", 40008)))
+        ack = await bob.next_request("ACK")
+        assert ack.request.cseq.number == relayed.request.cseq.number
+        assert b"m=audio 40008" in ack.request.body and _c_line(ack.request.body) == "c=IN IP4 127.0.0.1"
+
+
 async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> None:
     async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
         seen: list[Request] = []
