@@ -63,7 +63,7 @@ class _Relay:
     """Context of a client transaction that carries a relayed request to the other side;
     its final response goes back through the original server transaction."""
 
-    __slots__ = ("bridge", "origin", "server_tx", "request", "source_side", "target_side", "acked_with")
+    __slots__ = ("bridge", "server_tx", "request", "source_side", "target_side", "acked_with")
 
     def __init__(self, bridge: Bridge, server_tx: ServerTransaction, request: Request, source_side: Side, target_side: Side) -> None:
         self.bridge = bridge
