@@ -85,6 +85,30 @@ async def test_parallel_fork_first_answer_wins_and_others_are_cancelled(tmp_path
             await b1.next_request("ACK")
 
 
+async def test_the_callers_cancel_stops_the_dialplan_and_every_leg(tmp_path: Path) -> None:
+    # A Dial ringing two phones, a log line after it that must never run.
+    source = 'sys.Dial("b1@local&b2@local")\nsys.Log("after the dial")\n'
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
+                  dialplans={"in": source})
+        async with phones(server, "b1", "b2", "carol@example.com") as (b1, b2, carol):
+            call = await carol.invite("alice", authenticate=False)
+            rings = [await b1.next_request("INVITE"), await b2.next_request("INVITE")]
+            for phone, ring in zip((b1, b2), rings, strict=True):
+                await phone.send(phone.reply(ring, 180, to_tag="r"), ring.source)
+            await carol.next_response(call_id=call.call_id)  # a 180 reached the caller
+            await call.cancel()
+            assert (await carol.final(call)).status == 487
+            for phone, ring in zip((b1, b2), rings, strict=True):
+                cancel = await phone.next_request("CANCEL")
+                assert cancel.request.call_id == ring.request.call_id
+                await phone.send(phone.reply(cancel, 200), cancel.source)
+                await phone.send(phone.reply(ring, 487, to_tag="r"), ring.source)
+                await phone.next_request("ACK")
+        trace = await wait_rows(server, "SELECT text FROM traces", 1)
+        assert "after the dial" not in trace[0][0]
+
+
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
