@@ -32,7 +32,9 @@ from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
 from sandbox import ExecutionResult, HostReply, Outcome, PlainValue
+from sip.headers import TOKEN, NameAddr
 from sip.message import new_call_id
+from sip.uri import URI, escape_user, parse_hostport
 
 if TYPE_CHECKING:
     from engine.calls import CallEngine
@@ -478,14 +480,18 @@ class DialplanHost(CallbackMethods):
         caller_from = request.from_
         name, user, host = self.from_override
         display = getattr(options, "from_display", None) or name or caller_from.display_name
-        user = getattr(options, "from_user", None) or user or from_user or caller_from.uri.user or "anonymous"
+        # A user or host the dialplan (or a provider) gives is plain text: escaped or
+        # checked here, so that no value of theirs can break our From (RFC 3261 25.1).
+        chosen = getattr(options, "from_user", None) or user or from_user
+        user = escape_user(chosen) if chosen else (caller_from.uri.user or "anonymous")
         local_host, local_port = engine.endpoint.local
         our_host = advertised(local_host)
         host = getattr(options, "from_host", None) or host or from_host or engine.config.default_domain
-        from_header = (f'"{display}" ' if display else "") + f"<sip:{user}@{host}>"
         max_forwards = (request.max_forwards if request.max_forwards is not None else 70) - 1
         headers = tuple(self.custom_headers.values()) + extra
         try:
+            parse_hostport(host)
+            from_header = str(NameAddr(display_name=display or None, uri=URI.sip(user, host), params=()))
             invite = build_invite(
                 target=to,
                 request_uri=request_uri,
@@ -534,10 +540,13 @@ class DialplanHost(CallbackMethods):
         return HostReply()
 
     async def _sys_SetCustomSIPHeader(self, name: PlainValue, value: PlainValue) -> HostReply:
-        header = str(name)
+        header, text = str(name), str(value)
         if header.lower() in _FORBIDDEN_HEADERS:
             return HostReply(error=f"sys.SetCustomSIPHeader(): {header} cannot be set by a dialplan")
-        self.custom_headers[header.lower()] = (header, str(value))
+        if not _safe_header(header, text):
+            # (The worker refuses these too; a worker is not trusted to have.)
+            return HostReply(error="sys.SetCustomSIPHeader(): the name must be a token and the value free of CR, LF and NUL")
+        self.custom_headers[header.lower()] = (header, text)
         return HostReply()
 
     async def _sys_RemoveCustomSIPHeader(self, name: PlainValue) -> HostReply:
@@ -633,8 +642,6 @@ def request_snapshot(call: Call) -> dict[str, PlainValue]:
     known = {"via", "from", "to", "call-id", "cseq", "contact", "user-agent", "max-forwards", "content-length", "content-type", "route", "record-route", "authorization", "proxy-authorization"}
 
     def uri(u: object) -> dict[str, PlainValue]:
-        from sip.uri import URI
-
         assert isinstance(u, URI)
         return {
             "User": u.user or "",
@@ -667,9 +674,19 @@ def _parse_custom_headers(text: str) -> tuple[tuple[str, str], ...]:
     out = []
     for item in text.split("|"):
         name, sep, value = item.partition(":")
-        if sep and name.strip() and name.strip().lower() not in _FORBIDDEN_HEADERS:
-            out.append((name.strip(), value.strip()))
+        name, value = name.strip(), value.strip()
+        if sep and name and name.lower() not in _FORBIDDEN_HEADERS and _safe_header(name, value):
+            out.append((name, value))
     return tuple(out)
+
+
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")
+
+
+def _safe_header(name: str, value: str) -> bool:
+    """A header a dialplan may add: a token for a name, no line break or NUL in the
+    value (which would smuggle a header, or a message, into ours)."""
+    return TOKEN.match(name) is not None and _UNSAFE_VALUE.search(value) is None
 
 
 def _reason(text: str) -> str:

@@ -368,6 +368,18 @@ def _diagnose(text: str) -> NoReturn:
     raise SIPParseError("Bad characters in URI user part")
 
 
+# RFC 3261 25.1: user = 1*( unreserved / escaped / user-unreserved ).
+_USER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/")
+
+
+def escape_user(text: str) -> str:
+    """``text`` as the user part of a SIP URI: every character outside the user
+    grammar percent-encoded (as UTF-8).  The inverse of :attr:`URI.unescaped_user`."""
+    if all(c in _USER_SAFE for c in text):
+        return text
+    return "".join(c if c in _USER_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
 def parse_hostport(text: str) -> tuple[str, int | None]:
     """Split ``host[:port]`` (with IPv6 references in brackets); validate both parts."""
     if not text:

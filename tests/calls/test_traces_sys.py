@@ -5,10 +5,14 @@ from __future__ import annotations
 import email
 from pathlib import Path
 
+import pytest
 import trio
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
 
+from engine.dialplan_host import DialplanHost
+from sandbox import HostReply
+from sandbox.results import PlainValue
 from tests.calls.helpers import phones, provision, rows, running_server, wait_rows
 from tests.conftest import free_port
 
@@ -170,3 +174,53 @@ async def test_the_rest_of_sys_and_req_through_real_calls(tmp_path: Path) -> Non
         assert "DialPlan=> keys ['n']" in first
         # No account zed: a Dial with no legs fails with 480 (docs/calls.md, "Outcomes").
         assert "DialPlan=> failed Failed 480 Temporarily Unavailable" in first
+
+
+async def test_set_from_header_values_are_escaped_into_a_valid_from(tmp_path: Path) -> None:
+    # A display name with quotes and backslashes, a user part with spaces and '@':
+    # written as a quoted-string and an escaped user (RFC 3261 25.1), never as raw text
+    # that would break the callee's parser.
+    source = "sys.SetFromHeader('Front \"desk\" \\\\ 2', 'front desk@1', None)\nsys.Dial('bob@local')\n"
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False)
+            incoming = await bob.next_request("INVITE")
+            from_ = incoming.request.from_
+            assert from_.display_name == 'Front "desk" \\ 2'
+            assert from_.uri.unescaped_user == "front desk@1" and from_.uri.host == "127.0.0.1"
+            await bob.answer(incoming)
+            assert (await carol.final(call)).status == 200
+
+
+async def test_the_host_refuses_header_injection_a_worker_should_have_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's facade refuses CR/LF in headers; a worker is not trusted to have.
+    # Forge what a compromised worker would send and check the host holds.
+    original = DialplanHost.call
+
+    async def forged(self: DialplanHost, name: str, args: tuple[PlainValue, ...]) -> HostReply:
+        if name == "SetCustomSIPHeader":
+            args = ("X-A", "1\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bKevil")
+        return await original(self, name, args)
+
+    monkeypatch.setattr(DialplanHost, "call", forged)
+    source = (
+        "try:\n"
+        "    sys.SetCustomSIPHeader('X-A', 'fine')\n"
+        "except ValueError as exc:\n"
+        "    sys.Log('refused: %s' % exc)\n"
+        "sys.Dial('bob@local')\n"
+    )
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False)
+            incoming = await bob.next_request("INVITE")
+            assert incoming.request.headers.get("X-A") is None
+            assert len(incoming.request.headers.get_all("Via")) == 1
+            await bob.answer(incoming)
+            assert (await carol.final(call)).status == 200
+        trace = await wait_rows(server, "SELECT text FROM traces", 1)
+        assert "DialPlan=> refused: sys.SetCustomSIPHeader(): the name must be a token" in trace[0][0]

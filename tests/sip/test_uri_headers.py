@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sip.errors import SIPParseError
 from sip.headers import (
@@ -17,7 +19,7 @@ from sip.headers import (
     validate_name_addr,
     validate_via,
 )
-from sip.uri import URI, parse_hostport
+from sip.uri import URI, escape_user, parse_hostport
 
 
 @pytest.mark.parametrize(
@@ -255,3 +257,15 @@ def test_headers_lookup_by_any_spelling() -> None:
     assert trimmed.get_all("Via") == ["SIP/2.0/UDP b", "SIP/2.0/TCP c"]
     replaced = headers.with_replaced("Call-ID", "new@host")
     assert replaced.get("i") == "new@host" and [n for n, _ in replaced][2] == "Call-ID"
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+def test_escape_user_gives_a_user_part_that_reads_back_as_the_text(text: str) -> None:
+    uri = URI.parse(f"sip:{escape_user(text)}@example.com")
+    assert uri.unescaped_user == text and uri.host == "example.com"
+
+
+def test_escape_user_leaves_the_user_grammar_alone() -> None:
+    assert escape_user("alice.smith+1;x=y") == "alice.smith+1;x=y"
+    assert escape_user("front desk@1") == "front%20desk%401"
+    assert escape_user("100%") == "100%25"
