@@ -525,15 +525,19 @@ class DialplanHost(CallbackMethods):
         return self.engine.config.default_domain if domain == "local" else domain
 
     async def _sys_Respond(self, status: PlainValue, reason: PlainValue = None, headers: PlainValue = None) -> HostReply:
-        code = int(status)  # type: ignore[arg-type]
+        code = status if type(status) is int else 0
+        text = None if reason is None else str(reason)
+        if not 100 <= code <= 699 or (text is not None and _UNSAFE_VALUE.search(text)):
+            # (The worker refuses these too; a worker is not trusted to have.)
+            return HostReply(error="sys.Respond(): the status must be 100-699 and the reason free of CR, LF and NUL")
         leg = self.active.leg
         extra = _parse_custom_headers(str(headers)) if headers else ()
         if code < 200:
-            leg.progress(code, str(reason) if reason else None, headers=extra)
+            leg.progress(code, text or None, headers=extra)
             return HostReply()
         if code < 300:
             return HostReply(error="sys.Respond(): a dialplan cannot answer a call with 2xx; use sys.Dial")
-        leg.reject(code, str(reason) if reason else None, headers=extra)
+        leg.reject(code, text or None, headers=extra)
         return HostReply(end=True)
 
     async def _sys_ExtendScriptTimeout(self, seconds: PlainValue) -> HostReply:

@@ -203,12 +203,18 @@ async def test_the_host_refuses_header_injection_a_worker_should_have_stopped(
     async def forged(self: DialplanHost, name: str, args: tuple[PlainValue, ...]) -> HostReply:
         if name == "SetCustomSIPHeader":
             args = ("X-A", "1\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bKevil")
+        if name == "Respond":
+            args = (183, "Ringing\r\nX-Evil: 1", "X-B: 2\r\nX-Evil: 2|X-C: 3")
         return await original(self, name, args)
 
     monkeypatch.setattr(DialplanHost, "call", forged)
     source = (
         "try:\n"
         "    sys.SetCustomSIPHeader('X-A', 'fine')\n"
+        "except ValueError as exc:\n"
+        "    sys.Log('refused: %s' % exc)\n"
+        "try:\n"
+        "    sys.Respond(183, 'Ringing', 'X-B: 2|X-C: 3')\n"
         "except ValueError as exc:\n"
         "    sys.Log('refused: %s' % exc)\n"
         "sys.Dial('bob@local')\n"
@@ -218,9 +224,11 @@ async def test_the_host_refuses_header_injection_a_worker_should_have_stopped(
         async with phones(server, "bob", "carol@example.com") as (bob, carol):
             call = await carol.invite("alice", authenticate=False)
             incoming = await bob.next_request("INVITE")
+            assert not any(r.status == 183 for r in carol.responses)  # the forged 183 never went out
             assert incoming.request.headers.get("X-A") is None
             assert len(incoming.request.headers.get_all("Via")) == 1
             await bob.answer(incoming)
             assert (await carol.final(call)).status == 200
         trace = await wait_rows(server, "SELECT text FROM traces", 1)
         assert "DialPlan=> refused: sys.SetCustomSIPHeader(): the name must be a token" in trace[0][0]
+        assert "DialPlan=> refused: sys.Respond(): the status must be 100-699" in trace[0][0]
