@@ -36,11 +36,18 @@ def fix_sdp(body: bytes, source: Address) -> bytes:
         return body  # not SDP we understand: relay it untouched
 
 
-def _is_sdp(content_type: str | None) -> bool:
-    """Whether a relayed body is a session description, the only kind the NAT fix may
-    touch (an INFO's or a MESSAGE's text is the parties' own).  A body without a
-    Content-Type, which RFC 3261 7.4.1 does not allow, is taken as SDP as before."""
-    return content_type is None or content_type.partition(";")[0].strip().lower() == "application/sdp"
+def _relayed_body(message: Request | Response, source: Address) -> bytes:
+    """``message``'s body as relayed: with the NAT fix if it is a session description,
+    the only kind the fix may touch (an INFO's or a MESSAGE's text is the parties'
+    own).  A body without a Content-Type, which RFC 3261 7.4.1 does not allow, is taken
+    as SDP."""
+    body = message.body
+    if not body:
+        return body
+    content_type = message.headers.get("Content-Type")
+    if content_type is None or content_type.partition(";")[0].strip().lower() == "application/sdp":
+        return fix_sdp(body, source)
+    return body
 
 
 @dataclass(slots=True)
@@ -106,7 +113,7 @@ class Bridge:
         # Set by whoever joined the legs (the call engine, callbacks): the call, and the
         # dialled leg it was bridged to.  The engine drops both when the bridge ends,
         # so what lingers after a call (its dialogs' keys, its transactions) holds
-        # neither.  (Typed loosely: engine.calls builds on this module.)
+        # neither.  (``call`` is typed loosely: engine.calls builds on this module.)
         self.call: object | None = None
         self.callee_leg: OutboundLeg | None = None
 
@@ -141,7 +148,7 @@ class Bridge:
             side.dialog.refresh_target(request)
         other = self.other(side)
         content_type = request.headers.get("Content-Type")
-        body = fix_sdp(request.body, tx.source) if request.body and _is_sdp(content_type) else request.body
+        body = _relayed_body(request, tx.source)
         passthrough = tuple(
             (name, value)
             for name, value in request.headers
@@ -169,11 +176,10 @@ class Bridge:
         if status == 100:
             return
         source = relay.target_side.dialog.flow or ("0.0.0.0", 0)
-        content_type = response.headers.get("Content-Type")
-        body = fix_sdp(response.body, source) if response.body and _is_sdp(content_type) else response.body
+        body = _relayed_body(response, source)
         extra: list[tuple[str, str]] = []
         if body:
-            extra.append(("Content-Type", content_type or "application/sdp"))
+            extra.append(("Content-Type", response.headers.get("Content-Type") or "application/sdp"))
         if relay.request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
             relay.target_side.dialog.refresh_target(response)
             extra.append(("Contact", relay.source_side.dialog.contact))
@@ -200,18 +206,12 @@ class Bridge:
         if side is self.caller and callee_leg is not None and callee_leg.awaits_late_answer:
             # The call began with a late offer: this ACK carries the caller's answer to
             # the callee's offer, and the callee's ACK has waited for it.
-            content_type = request.headers.get("Content-Type")
-            answer = request.body
-            if answer and _is_sdp(content_type):
-                answer = fix_sdp(answer, side.dialog.flow or ("0.0.0.0", 0))
-            callee_leg.answer_late_offer(answer)
+            callee_leg.answer_late_offer(_relayed_body(request, side.dialog.flow or ("0.0.0.0", 0)))
             return
         late = side.late_ack
         if late is not None:
             side.late_ack = None
-            answer = request.body
-            if answer and _is_sdp(request.headers.get("Content-Type")):
-                answer = fix_sdp(answer, side.dialog.flow or ("0.0.0.0", 0))
+            answer = _relayed_body(request, side.dialog.flow or ("0.0.0.0", 0))
             late.acked_with = answer
             self._ack(late.target_side, late.request.cseq.number, answer)
         side.pending_answer = None
