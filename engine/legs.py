@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from sip.dialog import Address, Dialog
-from sip.digest import authorization_for
+from sip.digest import authorization_for, parse_challenge
+from sip.errors import SIPError
 from sip.headers import Headers, sent_via
 from sip.message import Request, Response, make_response, new_branch, new_tag, stateless_tag
 from sip.transaction import ClientTransaction, ServerTransaction
@@ -274,8 +275,12 @@ class OutboundLeg:
             return
         if status == 503 and self._try_next_target():
             return
-        if status in (401, 407) and self.credentials is not None and self._auth_attempts < 1 and not self.cancel_requested:
-            # 22.2: answer the challenge once with a new INVITE (CSeq + 1, new branch).
+        if status in (401, 407) and self.credentials is not None and not self.cancel_requested and (
+            self._auth_attempts < 1 or (self._auth_attempts < 2 and _stale(response))
+        ):
+            # 22.2: answer the challenge with a new INVITE (CSeq + 1, new branch): once,
+            # and once more if the second challenge only says our nonce was stale (RFC
+            # 2617 3.2.1: the credentials were right; retry "without reprompting").
             self._auth_attempts += 1
             retry = self._authenticated_retry(response)
             if retry is not None:
@@ -490,3 +495,16 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _stale(challenge: Response) -> bool:
+    """Whether a 401/407 says the credentials were right but the nonce stale."""
+    name = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
+    for value in challenge.headers.lines(name):
+        try:
+            parsed = parse_challenge(value)
+        except SIPError:
+            continue
+        if parsed is not None and parsed.stale:
+            return True
+    return False

@@ -105,3 +105,41 @@ async def test_a_provider_refusing_the_credentials_ends_the_leg_without_a_loop(t
 async def wait_trace(server: Server) -> str:
     found = await wait_rows(server, "SELECT text FROM traces", 1)
     return str(found[0][0])
+
+
+async def test_a_stale_nonce_is_answered_once_more(tmp_path: Path) -> None:
+    # RFC 2617 3.2.1: stale=true means the credentials were right and only the nonce
+    # old: the leg answers the fresh challenge too (and then no more).
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out")}, dialplans={"out": 'sys.Dial("${dst}@trunk")\n'})
+        async with phones(server, "alice", "trunk@example.com") as (alice, trunk):
+            code = await trio.to_thread.run_sync(main, [
+                "provider", "add", "acme", "trunk", "--server", f"127.0.0.1:{trunk.local[1]}",
+                "--username", "u77", "--password", "trunk-Pw9", "--data-dir", str(server.config.data_dir)])
+            assert code == 0
+            call = await alice.invite("15551234")
+            challenger = DigestChallenger(b"trunk-test-secret-0123")
+            invites = []
+            for stale in (False, True):
+                invite = await trunk.next_request("INVITE")
+                invites.append(invite)
+                await trunk.send(trunk.reply(invite, 407, headers=[
+                    ("Proxy-Authenticate", v) for v in challenger.challenge(REALM, time.time(), stale=stale)]),
+                    invite.source)
+                await trunk.next_request("ACK")
+            third = await trunk.next_request("INVITE")
+            value = third.request.headers.get("Proxy-Authorization")
+            assert value is not None and third.request.cseq.number == invites[0].request.cseq.number + 2
+            credentials = parse_credentials(value)
+            assert credentials is not None
+            assert challenger.verify(credentials, method="INVITE", realm=REALM, now=time.time(),
+                                     lookup=lambda user, algorithm: compute_ha1(user, REALM, "trunk-Pw9", algorithm)
+                                     ) is DigestVerdict.ACCEPTED
+            # A stale answer to that one too would not be answered again: no loops.
+            await trunk.send(trunk.reply(third, 407, headers=[
+                ("Proxy-Authenticate", v) for v in challenger.challenge(REALM, time.time(), stale=True)]),
+                third.source)
+            await trunk.next_request("ACK")
+            final = await alice.final(call)
+            assert final.status == 403
+            await trunk.no_request("INVITE", 0.5)
