@@ -360,7 +360,7 @@ class OutboundLeg:
         sent directly (no transaction), to the flow the answer came from.  After a late
         offer, it waits for the answer (:meth:`answer_late_offer`) unless the leg is
         being given up."""
-        if self.late_answer is None and not self.request.body and not self.cancel_requested:
+        if self.awaits_late_answer and not self.cancel_requested:
             self._ack_waiting = response
             return
         cseq = self.request.cseq.number
