@@ -387,12 +387,16 @@ async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp
             assert server.runner.records._open == {}
 
 
-async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # 13.3.1.4 on a shorter clock: 200 resent at T1, 2*T1, 4*T1 (up to T2), BYE at 64*T1.
+@pytest.fixture
+def short_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2xx retransmission clock shortened: T1 = 50 ms, T2 = 400 ms (64*T1 = 3.2 s)."""
     monkeypatch.setattr(legs, "T1", 0.05)
     monkeypatch.setattr(legs, "T2", 0.4)
+
+
+@pytest.mark.usefixtures("short_timers")
+async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye(tmp_path: Path) -> None:
+    # 13.3.1.4 on a shorter clock: 200 resent at T1, 2*T1, 4*T1 (up to T2), BYE at 64*T1.
     async with running_server(tmp_path) as server:
         _alice_dials_bob(server)
         async with phones(server, "bob", "carol@example.com") as (bob, carol):
@@ -460,11 +464,8 @@ async def test_a_late_offer_gets_its_answer_from_the_callers_ack(tmp_path: Path)
             await bob.next_request("BYE")
 
 
-async def test_a_late_offer_the_caller_never_answers_is_acked_bare_then_hung_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(legs, "T1", 0.05)
-    monkeypatch.setattr(legs, "T2", 0.4)
+@pytest.mark.usefixtures("short_timers")
+async def test_a_late_offer_the_caller_never_answers_is_acked_bare_then_hung_up(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         _alice_dials_bob(server)
         async with phones(server, "bob", "carol@example.com") as (bob, carol):

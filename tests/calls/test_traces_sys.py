@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,19 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
 
 from engine.dialplan_host import DialplanHost
+from engine.server import Server
 from sandbox import HostReply
 from sandbox.results import PlainValue
-from tests.calls.helpers import phones, provision, rows, running_server, wait_rows
+from tests.calls.helpers import (
+    Call,
+    Incoming,
+    Phone,
+    phones,
+    provision,
+    rows,
+    running_server,
+    wait_rows,
+)
 from tests.conftest import free_port
 
 TRACED = 'sys.Log("hello from the trace")\nsys.Dial("bob@local")\n'
@@ -87,6 +99,21 @@ async def test_trace_mail_lands_in_the_outbox_without_smtp(tmp_path: Path) -> No
         assert "DialPlan=> to the outbox" in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
 
 
+@asynccontextmanager
+async def _carol_calls_alice(
+    tmp_path: Path, source: str, extra: list[tuple[str, str]] | None = None
+) -> AsyncIterator[tuple[Server, Phone, Phone, Call, Incoming]]:
+    """carol (outside) calls alice, whose In dialplan is ``source``, with bob registered;
+    yields once the first INVITE the dialplan placed has reached bob:
+    (server, bob, carol, carol's call, bob's INVITE)."""
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("alice", authenticate=False, extra=extra or [])
+            incoming = await bob.next_request("INVITE")
+            yield server, bob, carol, call, incoming
+
+
 async def test_sys_members_through_real_calls(tmp_path: Path) -> None:
     source = (
         "n = int(sys.DBRead('count') or '0') + 1\n"
@@ -99,20 +126,16 @@ async def test_sys_members_through_real_calls(tmp_path: Path) -> None:
         "sys.SetFromHeader('Reception', 'desk', None)\n"
         "sys.Dial('bob@local')\n"
     )
-    async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
-        async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call = await carol.invite("alice", authenticate=False)
-            incoming = await bob.next_request("INVITE")
-            assert incoming.request.headers.get("X-Account-Code") == "77"
-            from_ = incoming.request.from_
-            assert from_.display_name == "Reception" and from_.uri.user == "desk"
-            await bob.answer(incoming)
-            assert (await carol.final(call)).status == 200
-            second = await carol.invite("alice", authenticate=False)
-            busy = await carol.final(second)
-            assert (busy.status, busy.reason) == (486, "Busy by dialplan")
-            await bob.no_request("INVITE", 0.3)
+    async with _carol_calls_alice(tmp_path, source) as (server, bob, carol, call, incoming):
+        assert incoming.request.headers.get("X-Account-Code") == "77"
+        from_ = incoming.request.from_
+        assert from_.display_name == "Reception" and from_.uri.user == "desk"
+        await bob.answer(incoming)
+        assert (await carol.final(call)).status == 200
+        second = await carol.invite("alice", authenticate=False)
+        busy = await carol.final(second)
+        assert (busy.status, busy.reason) == (486, "Busy by dialplan")
+        await bob.no_request("INVITE", 0.3)
         traces = await wait_rows(server, "SELECT text FROM traces ORDER BY created", 2)
         assert "DialPlan=> call 1 bob available True" in traces[0][0]
         assert f"bindings ['sip:bob@127.0.0.1:{bob.local[1]}']" in traces[0][0]
@@ -151,20 +174,16 @@ async def test_the_rest_of_sys_and_req_through_real_calls(tmp_path: Path) -> Non
         "sys.Log('failed %s %s %s' % (result, sys.LastFailureStatus, sys.LastFailureReason))\n"
         "sys.Dial('bob@local')\n"
     )
-    async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
-        async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call = await carol.invite("alice", authenticate=False, extra=[("X-Phone", "deskphone-7")])
-            incoming = await bob.next_request("INVITE")
-            headers = incoming.request.headers
-            assert headers.get("X-Four") == "4"
-            assert headers.get("X-One") is None and headers.get("X-Two") is None and headers.get("X-Three") is None
-            assert incoming.request.from_.uri.user == "carol" and incoming.request.from_.display_name != "Desk"
-            await bob.answer(incoming)
-            assert (await carol.final(call)).status == 200
-            # A second call while the first is up: the owner has one established call.
-            second = await carol.invite("alice", authenticate=False)
-            assert (await carol.final(second)).status == 486
+    async with _carol_calls_alice(tmp_path, source, extra=[("X-Phone", "deskphone-7")]) as (server, bob, carol, call, incoming):
+        headers = incoming.request.headers
+        assert headers.get("X-Four") == "4"
+        assert headers.get("X-One") is None and headers.get("X-Two") is None and headers.get("X-Three") is None
+        assert incoming.request.from_.uri.user == "carol" and incoming.request.from_.display_name != "Desk"
+        await bob.answer(incoming)
+        assert (await carol.final(call)).status == 200
+        # A second call while the first is up: the owner has one established call.
+        second = await carol.invite("alice", authenticate=False)
+        assert (await carol.final(second)).status == 486
         traces = await wait_rows(server, "SELECT text FROM traces ORDER BY created", 2)
         first, later = traces[0][0], traces[1][0]
         assert "DialPlan=> who alice in in=True out=False" in first
@@ -181,16 +200,12 @@ async def test_set_from_header_values_are_escaped_into_a_valid_from(tmp_path: Pa
     # written as a quoted-string and an escaped user (RFC 3261 25.1), never as raw text
     # that would break the callee's parser.
     source = "sys.SetFromHeader('Front \"desk\" \\\\ 2', 'front desk@1', None)\nsys.Dial('bob@local')\n"
-    async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
-        async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call = await carol.invite("alice", authenticate=False)
-            incoming = await bob.next_request("INVITE")
-            from_ = incoming.request.from_
-            assert from_.display_name == 'Front "desk" \\ 2'
-            assert from_.uri.unescaped_user == "front desk@1" and from_.uri.host == "127.0.0.1"
-            await bob.answer(incoming)
-            assert (await carol.final(call)).status == 200
+    async with _carol_calls_alice(tmp_path, source) as (server, bob, carol, call, incoming):
+        from_ = incoming.request.from_
+        assert from_.display_name == 'Front "desk" \\ 2'
+        assert from_.uri.unescaped_user == "front desk@1" and from_.uri.host == "127.0.0.1"
+        await bob.answer(incoming)
+        assert (await carol.final(call)).status == 200
 
 
 async def test_the_host_refuses_header_injection_a_worker_should_have_stopped(
@@ -219,16 +234,12 @@ async def test_the_host_refuses_header_injection_a_worker_should_have_stopped(
         "    sys.Log('refused: %s' % exc)\n"
         "sys.Dial('bob@local')\n"
     )
-    async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": ("in", None), "bob": (None, None)}, dialplans={"in": source})
-        async with phones(server, "bob", "carol@example.com") as (bob, carol):
-            call = await carol.invite("alice", authenticate=False)
-            incoming = await bob.next_request("INVITE")
-            assert not any(r.status == 183 for r in carol.responses)  # the forged 183 never went out
-            assert incoming.request.headers.get("X-A") is None
-            assert len(incoming.request.headers.get_all("Via")) == 1
-            await bob.answer(incoming)
-            assert (await carol.final(call)).status == 200
+    async with _carol_calls_alice(tmp_path, source) as (server, bob, carol, call, incoming):
+        assert not any(r.status == 183 for r in carol.responses)  # the forged 183 never went out
+        assert incoming.request.headers.get("X-A") is None
+        assert len(incoming.request.headers.get_all("Via")) == 1
+        await bob.answer(incoming)
+        assert (await carol.final(call)).status == 200
         trace = await wait_rows(server, "SELECT text FROM traces", 1)
         assert "DialPlan=> refused: sys.SetCustomSIPHeader(): the name must be a token" in trace[0][0]
         assert "DialPlan=> refused: sys.Respond(): the status must be 100-699" in trace[0][0]
