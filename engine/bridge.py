@@ -64,13 +64,16 @@ class Side:
     # carries the offer and waits for our ACK with the answer, which this side's ACK
     # brings: the relay of that re-INVITE.
     late_ack: _Relay | None = None
+    # Our last ACK to this side's 2xx to one of our re-INVITEs, sent again for a
+    # retransmission of that 2xx, also after the re-INVITE's transaction has ended.
+    last_ack: Request | None = None
 
 
 class _Relay:
     """Context of a client transaction that carries a relayed request to the other side;
     its final response goes back through the original server transaction."""
 
-    __slots__ = ("bridge", "server_tx", "request", "source_side", "target_side", "acked_with")
+    __slots__ = ("bridge", "server_tx", "request", "source_side", "target_side")
 
     def __init__(self, bridge: Bridge, server_tx: ServerTransaction, request: Request, source_side: Side, target_side: Side) -> None:
         self.bridge = bridge
@@ -78,8 +81,6 @@ class _Relay:
         self.request = request
         self.source_side = source_side
         self.target_side = target_side
-        # The answer our ACK carried after a late offer (None: not ACKed yet).
-        self.acked_with: bytes | None = None
 
     def on_response(self, response: Response) -> None:
         self.bridge._relay_response(self, response)
@@ -191,10 +192,12 @@ class Bridge:
             # The other side's 2xx needs our ACK (13.2.2.4).  With the offer in the
             # re-INVITE it carries no body and goes now; after a late offer it carries
             # the answer, which comes in the source side's ACK (RFC 3264).
-            if relay.request.body:
-                self._ack(relay.target_side, relay.request.cseq.number, b"")
-            elif relay.acked_with is not None:  # a retransmitted 2xx: the same ACK again
-                self._ack(relay.target_side, relay.request.cseq.number, relay.acked_with)
+            target = relay.target_side
+            acked = target.last_ack
+            if acked is not None and acked.cseq.number == relay.request.cseq.number:
+                self._send_ack(target, acked)  # a retransmitted 2xx: the same ACK again
+            elif relay.request.body:
+                self._ack(target, relay.request.cseq.number, b"")
             else:
                 relay.source_side.late_ack = relay
             relay.source_side.pending_answer = answer
@@ -212,7 +215,6 @@ class Bridge:
         if late is not None:
             side.late_ack = None
             answer = _relayed_body(request, side.dialog.flow or ("0.0.0.0", 0))
-            late.acked_with = answer
             self._ack(late.target_side, late.request.cseq.number, answer)
         side.pending_answer = None
         side.pending_ack.set()
@@ -223,16 +225,30 @@ class Bridge:
         host, port = self.endpoint.local
         ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq,
                                          body=answer, content_type="application/sdp" if answer else None)
+        side.last_ack = ack
+        self._send_ack(side, ack)
+
+    def _send_ack(self, side: Side, ack: Request) -> None:
         dest = side.dialog.destination()
         if dest is not None:
             self.endpoint.send_message(ack, dest, side.transport)
 
     def on_retransmitted_2xx(self, side: Side, response: Response) -> None:
-        """A 2xx retransmitted by a side (our ACK was lost): ACK it again."""
-        if side is self.callee and self.callee_leg is not None:
-            self.callee_leg.acknowledge(response)  # (with the late answer, if any)
+        """A 2xx retransmitted by a side after the transaction it answered ended (our
+        ACK was lost): the same ACK again (13.2.2.4)."""
+        number = response.cseq.number
+        last = side.last_ack
+        if last is not None and last.cseq.number == number:
+            self._send_ack(side, last)  # a re-INVITE's (with the late answer, if any)
             return
-        self._ack(side, response.cseq.number, b"")
+        late = self.other(side).late_ack
+        if late is not None and late.request.cseq.number == number:
+            return  # our ACK to it waits for the answer (see on_ack)
+        leg = self.callee_leg
+        if side is self.callee and leg is not None and leg.request.cseq.number == number:
+            leg.acknowledge(response)  # the call's own INVITE (with the late answer, if any)
+            return
+        self._ack(side, number, b"")
 
     # -- ending ----------------------------------------------------------------------------
     def hang_up(self, *, by: str, reason: str, notify: Side | None = None) -> None:

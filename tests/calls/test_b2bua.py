@@ -3,6 +3,7 @@ relay with the NAT fix, duration limits and lost retransmissions."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 import trio
 
 from engine import legs
+from engine import server as server_module
 from engine.server import Server
 from sip.message import Request
+from sip.transaction import TransactionLayer
 from tests.calls.helpers import (
     Answered,
     Call,
@@ -179,9 +182,10 @@ async def test_early_media_is_relayed_with_the_nat_fix(tmp_path: Path) -> None:
 
 
 @asynccontextmanager
-async def _bridged_from_private_addresses(tmp_path: Path) -> AsyncIterator[tuple[Phone, Phone, Call, Answered]]:
+async def _bridged_from_private_addresses(tmp_path: Path) -> AsyncIterator[tuple[Phone, Phone, Call, Answered, Server]]:
     """carol (outside, offering from 192.168.1.20) calls alice, whose In dialplan dials
-    bob (answering from 10.9.8.7); the call is up: (bob, carol, carol's call, bob's side)."""
+    bob (answering from 10.9.8.7); the call is up: (bob, carol, carol's call, bob's side,
+    the server)."""
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
                   dialplans={"in": 'sys.Dial("bob@local")\n'})
@@ -192,11 +196,11 @@ async def _bridged_from_private_addresses(tmp_path: Path) -> AsyncIterator[tuple
             ok = await carol.final(call)
             assert _c_line(ok.body) == "c=IN IP4 127.0.0.1"
             await bob.next_request("ACK")
-            yield bob, carol, call, callee
+            yield bob, carol, call, callee, server
 
 
 async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) -> None:
-    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         # The caller re-offers (hold, a new port) from a private address again.
         reoffer_task_result: list[object] = []
 
@@ -231,7 +235,7 @@ async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) 
 async def test_a_late_offer_reinvite_gets_its_answer_from_the_senders_ack(tmp_path: Path) -> None:
     # A re-INVITE without SDP (a session refresh, some PBXs' resume): the other side's
     # 2xx carries the offer, and our ACK to it carries the answer from the sender's ACK.
-    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         reinvite = call._in_dialog("INVITE")
         await carol.send(reinvite)
         relayed = await bob.next_request("INVITE")
@@ -247,8 +251,39 @@ async def test_a_late_offer_reinvite_gets_its_answer_from_the_senders_ack(tmp_pa
         assert b"m=audio 40008" in ack.request.body and _c_line(ack.request.body) == "c=IN IP4 127.0.0.1"
 
 
+@pytest.fixture
+def short_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's transaction clock shortened: T1 = 50 ms (Timer M, 64*T1, is 3.2 s)."""
+    monkeypatch.setattr(server_module, "TransactionLayer", functools.partial(TransactionLayer, t1=0.05, t2=0.4))
+
+
+@pytest.mark.usefixtures("short_transactions")
+async def test_a_reinvite_2xx_resent_after_its_transaction_gets_the_same_ack(tmp_path: Path) -> None:
+    # RFC 3261 13.2.2.4: each retransmission of a 2xx gets the ACK again, also once the
+    # re-INVITE's client transaction has ended (RFC 6026 Timer M): the re-INVITE's CSeq,
+    # not the call's first INVITE's, and after a late offer the answer the ACK carried.
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, server):
+        reinvite = call._in_dialog("INVITE")
+        await carol.send(reinvite)
+        relayed = await bob.next_request("INVITE")
+        ok = bob.reply(relayed, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41008))
+        await bob.send(ok, relayed.source)
+        await carol.next_response(call_id=call.call_id, final=True)
+        await carol.send(call._in_dialog("ACK", cseq=reinvite.cseq.number, body=sdp("192.168.1.20", 40008)))
+        first = await bob.next_request("ACK")
+        assert first.request.cseq.number == relayed.request.cseq.number and b"m=audio 40008" in first.request.body
+        await bob.send(ok, relayed.source)  # while the transaction lasts
+        assert (await bob.next_request("ACK")).request == first.request
+        with trio.fail_after(8):
+            while server.endpoint.layer.statistics()["client_transactions"]:  # noqa: ASYNC110 - Timer M
+                await trio.sleep(0.1)
+        await bob.send(ok, relayed.source)
+        again = await bob.next_request("ACK")  # after it
+        assert again.request == first.request
+
+
 async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> None:
-    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee):
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         seen: list[Request] = []
 
         # RFC 3311 UPDATE from the caller: a new offer from a private address, fixed
