@@ -77,14 +77,44 @@ def new_tag() -> str:
     return random_hex(6)
 
 
+#: What starts every :func:`stateless_tag` and no other tag of ours (those are hex).
+STATELESS_TAG_PREFIX = "sl"
+
+
 def stateless_tag(request: Request) -> str:
     """The To tag of a response sent without a transaction (RFC 3261 8.2.7: "in a manner
     that will generate the same tag for the same request consistently"): a digest of
-    what identifies the request, so a retransmission gets the tag its original got."""
+    what identifies the request, so a retransmission gets the tag its original got.
+    Its prefix lets :func:`acks_stateless_answer` know the ACKs of such responses."""
     via = request.top_via
     identity = "\n".join((request.call_id, request.from_.tag or "", str(request.cseq.number),
                            via.branch or "", via.host, str(via.port)))
-    return hashlib.blake2s(identity.encode(), digest_size=6).hexdigest()
+    return STATELESS_TAG_PREFIX + hashlib.blake2s(identity.encode(), digest_size=6).hexdigest()
+
+
+_STATELESS_TAG_PARAM = b";tag=" + STATELESS_TAG_PREFIX.encode()
+
+
+def acks_stateless_answer(data: bytes) -> bool:
+    """True when ``data`` is an ACK whose To tag is a :func:`stateless_tag`: the ACK of
+    a challenge or refusal sent without a transaction.  Nothing waits for it (RFC
+    3261 8.2.7; an ACK is never answered, 17.2.1), so the transport drops it unparsed
+    (a third of a challenged call's requests).  Only the common spellings are looked
+    for (``To:`` or ``t:`` at the start of a header line, the tag after the
+    name-addr's ``>``); anything else is parsed as usual and ignored later."""
+    if not data.startswith(b"ACK "):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end == -1:
+        return False
+    start = data.find(b"\r\nTo:", 0, end)
+    if start == -1:
+        start = data.find(b"\r\nt:", 0, end)
+        if start == -1:
+            return False
+    line_end = data.find(b"\r\n", start + 2, end + 2)
+    params = data.rfind(b">", start, line_end) + 1 or start
+    return data.find(_STATELESS_TAG_PARAM, params, line_end) != -1
 
 
 def new_call_id(host: str) -> str:

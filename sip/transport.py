@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from sip.errors import SIPParseError
-from sip.message import Request, Response, make_response, stateless_tag
+from sip.message import Request, Response, acks_stateless_answer, make_response, stateless_tag
 from sip.parse import StreamFramer, parse_message_untrusted
 from sip.transaction import Action, Address, Send, TransactionLayer, TryingDue
 from sip.validate import parse_error_response
@@ -126,7 +126,7 @@ class SIPEndpoint:
         self._armed_deadline = float("inf")
         self._timers_seen = -1
         self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0,
-                         "icmp_errors": 0}
+                         "icmp_errors": 0, "stateless_acks": 0}
         # The kernel's receive time of the datagram being handled (a timespec's bytes),
         # for queue_delay(); None while a stream message is handled.
         self._stamp: bytes | None = None
@@ -391,6 +391,9 @@ class SIPEndpoint:
 
     def receive_bytes(self, data: bytes, incoming: Incoming) -> None:
         """Feed one complete message (a datagram or a framed stream message)."""
+        if data[:4] == b"ACK " and acks_stateless_answer(data):
+            self.counters["stateless_acks"] += 1
+            return
         try:
             message = parse_message_untrusted(data)
         except SIPParseError as exc:

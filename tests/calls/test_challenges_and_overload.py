@@ -68,10 +68,12 @@ async def test_an_unauthenticated_invite_is_challenged_without_a_transaction(tmp
             second = await alice.next_response(call_id="stateless-1@uac")
             assert second.status == 407
             assert second.to.tag == first.to.tag
-            # The ACK is absorbed: no answer, no state.
+            # The ACK is dropped unparsed, known by its To tag: no answer, no state.
             await alice.send(make_ack_for_error(invite, second))
             await _no_response(alice, "stateless-1@uac", "ACK", 0.3)
             assert _server_transactions(server) == before
+            assert server.endpoint is not None
+            assert server.endpoint.statistics()["stateless_acks"] == 1
 
 
 async def test_an_unauthenticated_register_is_challenged_without_a_transaction(tmp_path: Path) -> None:
