@@ -18,6 +18,7 @@ from sip.uri import (
     URI,
     ParseMemo,
     check_host_port,
+    check_ipv6_reference,
     parse_hostport,
     sip_uri_pattern,
     validate_uri,
@@ -489,9 +490,16 @@ def validate_via(text: str) -> None:
 
 
 def _check_sent_by(host: str, port_text: str | None) -> int | None:
-    if host[0] != "[" and port_text is None:
+    """The checks on a sent-by the Via grammar cannot make (IPv6 reference syntax, port
+    range); returns the port."""
+    if host[0] == "[":
+        check_ipv6_reference(host)
+    if port_text is None:
         return None
-    return parse_hostport(host if port_text is None else f"{host}:{port_text}")[1]
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise SIPParseError("Bad port")
+    return port
 
 
 _VIA_HEAD = re.compile(

@@ -293,7 +293,7 @@ def check_host_port(host: str, port_text: str | None) -> int | None:
     """The checks on a matched host and port the grammar regex cannot make (IPv6
     reference syntax, port range); returns the port."""
     if host[0] == "[":
-        _check_ipv6(host)
+        check_ipv6_reference(host)
     if port_text is None:
         return None
     port = int(port_text)
@@ -321,7 +321,9 @@ def _decoded_headers(headers: str | None) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
-def _check_ipv6(ref: str) -> None:
+def check_ipv6_reference(ref: str) -> None:
+    """Check a bracketed IPv6 reference the host grammar has matched (its characters are
+    right; its form may not be)."""
     try:
         ipaddress.IPv6Address(ref[1:-1])
     except ValueError:
@@ -389,7 +391,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         raise SIPParseError("Bad IPv6 reference" if text[0] == "[" else "Bad host or port")
     host = m.group("host")
     if host[0] == "[":
-        _check_ipv6(host)
+        check_ipv6_reference(host)
     port_text = m.group("port")
     port: int | None = None
     if port_text is not None:
