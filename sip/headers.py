@@ -8,11 +8,12 @@ parsed on demand, so a proxy relays what it does not understand untouched.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from sip.errors import SIPParseError
+from sip.frozen import fast_init, positional_factory
 from sip.uri import (
     HOST_RE,
     URI,
@@ -254,6 +255,7 @@ def unquote_string(quoted: str) -> str:
     return _QUOTED_PAIR.sub(r"\1", quoted[1:-1])
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NameAddr:
     """``[display-name] <URI> *(;param)`` or a bare addr-spec (From, To, Contact, Route).
@@ -291,7 +293,7 @@ class NameAddr:
             if params_text
             else ()
         )
-        return cls(display_name=display, uri=uri, params=params)
+        return _make_name_addr(display, uri, params)
 
     def param(self, name: str) -> str | None:
         """A header parameter's value ('' for a flag, None when absent)."""
@@ -415,6 +417,7 @@ def _diagnose_name_addr(text: str) -> NoReturn:
     raise SIPParseError("Malformed address")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
@@ -441,7 +444,7 @@ class Via:
             if params_text
             else ()
         )
-        return cls(transport=transport.upper(), host=host, port=port, params=params)
+        return _make_via(transport.upper(), host, port, params)
 
     def param(self, name: str) -> str | None:
         """A Via parameter's value ('' for a flag, None when absent)."""
@@ -527,6 +530,15 @@ def _diagnose_via(text: str) -> NoReturn:
     raise SIPParseError("Malformed Via header")
 
 
+# The parser's constructors (see sip.frozen).
+_Params = tuple[tuple[str, str | None], ...]
+_make_name_addr: Callable[[str | None, URI, _Params], NameAddr] = positional_factory(
+    NameAddr, "display_name", "uri", "params")
+_make_via: Callable[[str, str, int | None, _Params], Via] = positional_factory(
+    Via, "transport", "host", "port", "params")
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CSeq:
     """The CSeq header: a sequence number and a method."""

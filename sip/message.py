@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sip.frozen import fast_init, positional_factory
 from sip.headers import CSeq, Headers, NameAddr, Via
 from sip.uri import URI
 
@@ -235,6 +237,7 @@ class _Common:
         return data
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request(_Common):
     method: str
@@ -268,6 +271,7 @@ class Request(_Common):
         return None if value is None else int(value)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response(_Common):
     status: int
@@ -296,6 +300,13 @@ class Response(_Common):
 
 
 Message = Request | Response
+
+#: ``Request(method=..., uri=..., headers=..., body=...)`` from positional values, and
+#: the same for responses: the parser's and the builders' constructors (sip.frozen).
+make_request_from: Callable[[str, URI, Headers, bytes], Request] = positional_factory(
+    Request, "method", "uri", "headers", "body")
+make_response_from: Callable[[int, str, Headers, bytes], Response] = positional_factory(
+    Response, "status", "reason", "headers", "body")
 
 
 def make_response(
@@ -328,11 +339,8 @@ def make_response(
         elif name == "Timestamp" and status == 100:
             copied.append((name, value))
     copied.extend(headers)
-    response = Response(
-        status=status,
-        reason=reason if reason is not None else REASONS.get(status, "Unknown"),
-        headers=Headers(copied),
-        body=body,
+    response = make_response_from(
+        status, reason if reason is not None else REASONS.get(status, "Unknown"), Headers(copied), body
     )
     # The copied headers carry the same values: share what the request already parsed.
     known = request._memo

@@ -52,7 +52,7 @@ from sip.headers import (
     validate_name_addr,
     validate_via,
 )
-from sip.message import Message, Request, Response
+from sip.message import Message, make_request_from, make_response_from
 from sip.uri import URI
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,9 @@ def _parse(data: bytes) -> Message:
     body = _check_headers(index, repeated, body, is_response, None if is_response else method, views)
     message: Message
     if is_response:
-        message = Response(status=status, reason=reason, headers=headers, body=body)
+        message = make_response_from(status, reason, headers, body)
     else:
-        message = Request(method=method, uri=uri, headers=headers, body=body)
+        message = make_request_from(method, uri, headers, body)
     # What validation built is what the stack reads next: hand it over, with the bytes
     # (a lingering transaction keeps those rather than writing the message again).
     views["wire"] = data if not begin and body_start + len(body) == len(data) else data[begin:body_start] + body

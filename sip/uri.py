@@ -22,6 +22,7 @@ from typing import Generic, NoReturn, TypeVar
 from urllib.parse import unquote
 
 from sip.errors import SIPParseError
+from sip.frozen import fast_init, positional_factory
 
 SIP_SCHEMES = frozenset({"sip", "sips"})
 
@@ -107,6 +108,7 @@ class ParseMemo(Generic[_T]):
 _URI_MEMO: ParseMemo[URI] = ParseMemo()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class URI:
     """A URI.  For sip/sips every part is parsed; for other schemes only ``opaque``.
@@ -146,15 +148,7 @@ class URI:
         params: tuple[tuple[str, str | None], ...] = ()
         if params_text:
             params = tuple(_split_param(item) for item in params_text[1:].split(";"))
-        return cls(
-            scheme=scheme.lower(),
-            user=user,
-            password=password,
-            host=host,
-            port=port,
-            params=params,
-            headers=headers,
-        )
+        return _make_uri(scheme.lower(), user, password, host, port, params, headers)
 
     @classmethod
     def sip(cls, user: str | None, host: str, port: int | None = None, **params: str | None) -> URI:
@@ -287,6 +281,12 @@ def _other_scheme(text: str) -> str:
     if scheme in SIP_SCHEMES:
         _diagnose(text)
     return scheme
+
+
+# URI(scheme=..., ..., headers=...) from positional values, for the parser (sip.frozen).
+_make_uri: Callable[
+    [str, str | None, str | None, str, int | None, tuple[tuple[str, str | None], ...], str | None], URI
+] = positional_factory(URI, "scheme", "user", "password", "host", "port", "params", "headers")
 
 
 def check_host_port(host: str, port_text: str | None) -> int | None:
