@@ -110,6 +110,16 @@ def _index_key(name: str) -> str:
 _NAMES_KEPT = 2048
 _NAMES: dict[str, str] = {}
 _KEYS: dict[str, str] = {}
+_SPELLINGS: dict[str, tuple[str, str]] = {}
+
+
+def _spelling(name: str) -> tuple[str, str]:
+    """(canonical name, index key) of a header name, as :class:`Headers` files a line."""
+    known = canonical_name(name)
+    entry = (known, _index_key(known))
+    if len(_SPELLINGS) < _NAMES_KEPT:
+        _SPELLINGS[name] = entry
+    return entry
 
 
 def split_commas(value: str) -> list[str]:
@@ -591,26 +601,22 @@ class Headers:
     _index: dict[str, tuple[str, ...]]
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        # (Every outgoing message is built here: one pass, names and keys from the
-        # spelling caches.)
-        names, keys = _NAMES, _KEYS
+        # (Every outgoing message is built here: one pass, one lookup per line for its
+        # canonical name and index key; a name met again - Via, Record-Route - extends
+        # its tuple.)
+        spellings = _SPELLINGS
         canonical: list[tuple[str, str]] = []
-        lists: dict[str, list[str]] = {}
+        index: dict[str, tuple[str, ...]] = {}
         for name, value in items:
-            known = names.get(name)
-            if known is None:
-                known = canonical_name(name)
+            entry = spellings.get(name)
+            if entry is None:
+                entry = _spelling(name)
+            known, key = entry
             canonical.append((known, value))
-            key = keys.get(known)
-            if key is None:
-                key = _index_key(known)
-            bucket = lists.get(key)
-            if bucket is None:
-                lists[key] = [value]
-            else:
-                bucket.append(value)
+            bucket = index.get(key)
+            index[key] = (value,) if bucket is None else (*bucket, value)
         self._items = tuple(canonical)
-        self._index = {key: tuple(values) for key, values in lists.items()}
+        self._index = index
 
     @classmethod
     def _from_parsed(
