@@ -19,7 +19,6 @@ from sip.uri import (
     URI,
     ParseMemo,
     check_host_port,
-    check_ipv6_reference,
     parse_hostport,
     sip_uri_pattern,
     validate_uri,
@@ -448,7 +447,7 @@ class Via:
         if m is None:
             _diagnose_via(text)
         transport, host, port_text, params_text = m.groups()
-        port = _check_sent_by(host, port_text)
+        port = check_host_port(host, port_text, "Bad port")
         params = (
             tuple((p.group("name"), p.group("value")) for p in _PARAM_ITEM.finditer(params_text))
             if params_text
@@ -499,20 +498,7 @@ def validate_via(text: str) -> None:
     m = _VIA.match(text)
     if m is None:
         _diagnose_via(text)
-    _check_sent_by(m.group("host"), m.group("port"))
-
-
-def _check_sent_by(host: str, port_text: str | None) -> int | None:
-    """The checks on a sent-by the Via grammar cannot make (IPv6 reference syntax, port
-    range); returns the port."""
-    if host[0] == "[":
-        check_ipv6_reference(host)
-    if port_text is None:
-        return None
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise SIPParseError("Bad port")
-    return port
+    check_host_port(m.group("host"), m.group("port"), "Bad port")
 
 
 _VIA_HEAD = re.compile(

@@ -101,7 +101,7 @@ def acks_stateless_answer(data: bytes) -> bool:
     """True when ``data`` is an ACK whose To tag is a :func:`stateless_tag`: the ACK of
     a challenge or refusal sent without a transaction.  Nothing waits for it (RFC
     3261 8.2.7; an ACK is never answered, 17.2.1), so the transport drops it unparsed
-    (a third of a challenged call's requests).  Only the common spellings are looked
+    (every challenged call sends one).  Only the common spellings are looked
     for (``To:`` or ``t:`` at the start of a header line, the tag after the
     name-addr's ``>``); anything else is parsed as usual and ignored later."""
     if not data.startswith(b"ACK "):

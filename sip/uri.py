@@ -289,16 +289,17 @@ _make_uri: Callable[
 ] = positional_factory(URI, "scheme", "user", "password", "host", "port", "params", "headers")
 
 
-def check_host_port(host: str, port_text: str | None) -> int | None:
+def check_host_port(host: str, port_text: str | None, bad_port: str = "Bad port in URI") -> int | None:
     """The checks on a matched host and port the grammar regex cannot make (IPv6
-    reference syntax, port range); returns the port."""
+    reference syntax, port range); returns the port.  ``bad_port`` is the reason given
+    for a port out of range."""
     if host[0] == "[":
-        check_ipv6_reference(host)
+        _check_ipv6(host)
     if port_text is None:
         return None
     port = int(port_text)
     if not 0 < port < 65536:
-        raise SIPParseError("Bad port in URI")
+        raise SIPParseError(bad_port)
     return port
 
 
@@ -321,9 +322,7 @@ def _decoded_headers(headers: str | None) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
-def check_ipv6_reference(ref: str) -> None:
-    """Check a bracketed IPv6 reference the host grammar has matched (its characters are
-    right; its form may not be)."""
+def _check_ipv6(ref: str) -> None:
     try:
         ipaddress.IPv6Address(ref[1:-1])
     except ValueError:
@@ -391,7 +390,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         raise SIPParseError("Bad IPv6 reference" if text[0] == "[" else "Bad host or port")
     host = m.group("host")
     if host[0] == "[":
-        check_ipv6_reference(host)
+        _check_ipv6(host)
     port_text = m.group("port")
     port: int | None = None
     if port_text is not None:
