@@ -30,6 +30,7 @@ from enum import Enum
 from typing import Generic, TypeVar, overload
 
 from sip.errors import SIPParseError, SIPValueError
+from sip.frozen import fast_init
 from sip.headers import Via
 from sip.message import (
     MAGIC_COOKIE,
@@ -390,6 +391,7 @@ Transaction = ClientTransaction | ServerTransaction
 # -- actions -------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Send:
     """Transmit ``message`` to ``destination`` over ``transport`` ("UDP", "TCP"...)."""
@@ -399,6 +401,7 @@ class Send:
     transport: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
     """A new request (never an ACK): ``transaction`` is its new server transaction."""
@@ -407,6 +410,7 @@ class RequestReceived:
     request: Request
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TryingDue:
     """Follows the RequestReceived of a new INVITE, once the TU has seen it: carry it out
@@ -416,6 +420,7 @@ class TryingDue:
     transaction: ServerTransaction
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CancelReceived:
     """A CANCEL matched a live INVITE server transaction (9.2, 17.2.3).
@@ -429,6 +434,7 @@ class CancelReceived:
     invite: ServerTransaction
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AckReceived:
     """An ACK for a 2xx (its own transaction, 17.2.1) or an ACK matching nothing."""
@@ -438,6 +444,7 @@ class AckReceived:
     transport: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
     """A response a client transaction passes up."""
@@ -446,6 +453,7 @@ class ResponseReceived:
     response: Response
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
     """A response matching no client transaction (17.1.3); the TU may need to ACK a 2xx."""
@@ -454,6 +462,7 @@ class StrayResponse:
     source: Address
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TimedOut:
     """Timer B or F fired (the TU treats it as a 408, 8.1.3.1), or a cancelled INVITE got
@@ -462,6 +471,7 @@ class TimedOut:
     transaction: ClientTransaction
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TransportFailed:
     """The request could not be delivered (17.1.1.2, 17.1.2.2, 18.4): an ICMP
@@ -472,6 +482,7 @@ class TransportFailed:
     reason: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Terminated:
     """The transaction reached Terminated; the layer has forgotten it."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from sip.errors import SIPParseError
+from sip.frozen import fast_init
 from sip.message import Request, Response, acks_stateless_answer, make_response, stateless_tag
 from sip.parse import StreamFramer, parse_message_untrusted
 from sip.transaction import Action, Address, Send, TransactionLayer, TryingDue
@@ -73,6 +74,7 @@ class TransportLimits:
     tcp_send_queue: int = 256
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """How a message arrived: the peer, our local socket and the transport."""
