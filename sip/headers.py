@@ -80,42 +80,31 @@ TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 def canonical_name(name: str) -> str:
     """The long, conventionally capitalised form of a header name."""
-    known = _NAMES.get(name)
-    if known is not None:
-        return known
+    entry = _SPELLINGS.get(name)
+    return (entry if entry is not None else _spelling(name))[0]
+
+
+def _index_key(name: str) -> str:
+    """The key :class:`Headers` indexes a header name under (canonical, lower case)."""
+    entry = _SPELLINGS.get(name)
+    return (entry if entry is not None else _spelling(name))[1]
+
+
+# Every spelling of a header name seen so far, with its canonical form and index key: a
+# server meets a few dozen names, so lookups stop costing a lower() and two dict probes.
+# Bounded, so a stream of invented names cannot grow it.
+_NAMES_KEPT = 2048
+_SPELLINGS: dict[str, tuple[str, str]] = {}
+
+
+def _spelling(name: str) -> tuple[str, str]:
+    """(canonical name, index key) of a header name, worked out and kept."""
     lower = name.lower()
     if len(lower) == 1 and lower in COMPACT:
         known = COMPACT[lower]
     else:
         known = _CANONICAL.get(lower, name)
-    if len(_NAMES) < _NAMES_KEPT:
-        _NAMES[name] = known
-    return known
-
-
-def _index_key(name: str) -> str:
-    """The key :class:`Headers` indexes a header name under (canonical, lower case)."""
-    known = _KEYS.get(name)
-    if known is None:
-        known = canonical_name(name).lower()
-        if len(_KEYS) < _NAMES_KEPT:
-            _KEYS[name] = known
-    return known
-
-
-# Every spelling of a header name seen so far and its canonical form / index key: a
-# server meets a few dozen names, so lookups stop costing a lower() and two dict probes.
-# Bounded, so a stream of invented names cannot grow them.
-_NAMES_KEPT = 2048
-_NAMES: dict[str, str] = {}
-_KEYS: dict[str, str] = {}
-_SPELLINGS: dict[str, tuple[str, str]] = {}
-
-
-def _spelling(name: str) -> tuple[str, str]:
-    """(canonical name, index key) of a header name, as :class:`Headers` files a line."""
-    known = canonical_name(name)
-    entry = (known, _index_key(known))
+    entry = (known, known.lower())
     if len(_SPELLINGS) < _NAMES_KEPT:
         _SPELLINGS[name] = entry
     return entry
