@@ -39,7 +39,7 @@ from engine.calls import Call
 from engine.dialstring import DialStringError, LegKind, classify, parse_dial_string
 from engine.events import Event
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite
+from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite, reason_value
 from engine.records import Placed
 from engine.webget import is_public_address
 from sandbox import HostReply, PlainValue
@@ -521,7 +521,7 @@ class CallbackMethods:
         first_answer = fix_sdp(first.final.body, first.destination)
         second = await self._ring(owner, dest2, first_answer, caller_user=_user_of(dest1))
         if second is None or second.final is None or second.dialog is None or first.dialog is None:
-            first.hangup("SIP ;cause=480 ;text=\"The other party did not answer\"")
+            first.hangup(reason_value(480, "The other party did not answer"))
             records.leg_hung_up(owner, first, "The other party did not answer (server)", self.runner.wall_clock())
             self._callback_event(account, "failed", dest2, "the second destination did not answer")
             return

@@ -27,7 +27,15 @@ from engine.dialstring import (
     parse_dial_string,
 )
 from engine.forking import Forker, PlannedLeg, caller_answer
-from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite, is_ip
+from engine.legs import (
+    Credentials,
+    InboundLeg,
+    OutboundLeg,
+    advertised,
+    build_invite,
+    is_ip,
+    reason_value,
+)
 from engine.mailer import MailLimits
 from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
@@ -308,7 +316,7 @@ class DialplanHost(CallbackMethods):
                 # A web callback has no caller to bridge the answer to (sys.Callback is
                 # the way to join two legs from a URL): end the answered leg.
                 self.trace_line(f"Dial answered, but a {leg.transport} call has no caller to bridge to; hanging up.")
-                winner.hangup("No caller to bridge to")
+                winner.hangup(reason_value(480, "No caller to bridge to"))
                 self.runner.records.leg_hung_up(call, winner, "No caller to bridge to (server)", self.runner.wall_clock())
                 return HostReply(value="Answered", end=True)
             duration = float(limit) if limit > 0 else (outcome.winner_plan.duration_limit if outcome.winner_plan else None)

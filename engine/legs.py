@@ -40,8 +40,15 @@ _CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 
 T1 = 0.5
 T2 = 4.0
-# RFC 3326 Reason for a leg hung up because the call went elsewhere.
-CANCELLED_REASON = 'SIP;cause=200;text="Call completed elsewhere"'
+def reason_value(cause: int, text: str) -> str:
+    """A Reason header value (RFC 3326) for a BYE or CANCEL we send: the SIP status
+    that stands for why, and the words."""
+    quoted = text.replace("\\", "").replace('"', "'")
+    return f'SIP;cause={cause};text="{quoted}"'
+
+
+# For a leg given up because the call went elsewhere.
+CANCELLED_REASON = reason_value(200, "Call completed elsewhere")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

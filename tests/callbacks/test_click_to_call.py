@@ -62,6 +62,7 @@ async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path:
             await bob.answer(first, source, sdp(41000))
             bye, source = await bob.request("BYE")
             assert bye.call_id == first.call_id
+            assert bye.headers.get("Reason") == 'SIP;cause=480;text="The other party did not answer"'  # RFC 3326
             await bob.ok(bye, source)
             # bob's answered leg is on record, hung up by the server.
             hung_up = await wait_rows(server, "SELECT status, hangup_reason FROM cdrs WHERE call_id = ?", 1,

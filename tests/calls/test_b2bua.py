@@ -126,6 +126,8 @@ async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
             ack = await b2.next_request("ACK")
             bye = await b2.next_request("BYE")
             assert ack.request.call_id == bye.request.call_id == second.request.call_id
+            # RFC 3326: a Reason a callee can parse, saying why.
+            assert bye.request.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
             # The caller's call is untouched.
             await b1.next_request("ACK")
             await carol.no_request("BYE", 0.5)
