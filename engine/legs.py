@@ -47,6 +47,9 @@ def reason_value(cause: int, text: str) -> str:
     return f'SIP;cause={cause};text="{quoted}"'
 
 
+# 2xx from further dialogs (a forking proxy beyond the callee) ACKed and hung up per
+# leg; more are ignored, so a peer inventing To tags costs a bounded amount of work.
+MAX_OTHER_ANSWERS = 8
 # For a leg given up because the call went elsewhere.
 CANCELLED_REASON = reason_value(200, "Call completed elsewhere")
 
@@ -242,6 +245,12 @@ class OutboundLeg:
         # None until known; the 2xx whose ACK waits for it meanwhile.
         self.late_answer: bytes | None = None
         self._ack_waiting: Response | None = None
+        # The ACK sent for the answer, and where it went: each retransmission of that 2xx
+        # gets the very same ACK (13.2.2.4), during the transaction and after it.
+        self._ack: tuple[Request, Address] | None = None
+        # ACKs of 2xx from other branches of a forking proxy beyond the callee (another
+        # To tag): each such dialog is ACKed and hung up once, its ACK resent as above.
+        self._other_answers: dict[str, tuple[Request, Address]] = {}
         self.started_at: float | None = None
         self.progress_at: float | None = None
         self.answered_at: float | None = None
@@ -364,21 +373,55 @@ class OutboundLeg:
 
     def _acknowledge(self, response: Response) -> None:
         """ACK a 2xx (13.2.2.4): a new request in the dialog with the INVITE's CSeq number,
-        sent directly (no transaction), to the flow the answer came from.  After a late
-        offer, it waits for the answer (:meth:`answer_late_offer`) unless the leg is
-        being given up."""
+        sent directly (no transaction), to the flow the answer came from, and sent again
+        unchanged for each retransmission of that 2xx.  After a late offer, it waits for
+        the answer (:meth:`answer_late_offer`) unless the leg is being given up.  A 2xx
+        from another dialog (a forking proxy beyond the callee answered on two
+        branches) is ACKed and hung up: this leg keeps one dialog."""
+        first = self._ack[0].to.tag if self._ack is not None else (
+            self._ack_waiting.to.tag if self._ack_waiting is not None else None)
+        tag = response.to.tag or ""
+        if first is not None and tag != first:
+            self._end_other_answer(response, tag)
+            return
+        if self._ack is not None:
+            ack, destination = self._ack
+            self.endpoint.send_message(ack, destination, self.transport)
+            return
         if self.awaits_late_answer and not self.cancel_requested:
             self._ack_waiting = response
             return
-        cseq = self.request.cseq.number
         dialog = self.dialog or Dialog.as_uac(
             self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
         )
-        host, port = self.endpoint.local
         answer = self.late_answer
-        ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq,
-                                    body=answer or b"", content_type="application/sdp" if answer else None)
-        self.endpoint.send_message(ack, dialog.destination() or self.destination, self.transport)
+        ack = self._ack_in(dialog, body=answer or b"", content_type="application/sdp" if answer else None)
+        self._ack = (ack, dialog.destination() or self.destination)
+        self.endpoint.send_message(ack, self._ack[1], self.transport)
+
+    def _ack_in(self, dialog: Dialog, *, body: bytes = b"", content_type: str | None = None) -> Request:
+        host, port = self.endpoint.local
+        return dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=self.request.cseq.number,
+                                     body=body, content_type=content_type)
+
+    def _end_other_answer(self, response: Response, tag: str) -> None:
+        sent = self._other_answers.get(tag)
+        if sent is not None:
+            self.endpoint.send_message(sent[0], sent[1], self.transport)
+            return
+        if len(self._other_answers) >= MAX_OTHER_ANSWERS:
+            log.debug("leg %s: another 2xx from a new dialog past %d, ignored", self.call_id, MAX_OTHER_ANSWERS)
+            return
+        dialog = Dialog.as_uac(self.request, response, flow=self.destination, transport=self.transport,
+                               contact=self._contact())
+        destination = dialog.destination() or self.destination
+        ack = self._ack_in(dialog)
+        self._other_answers[tag] = (ack, destination)
+        self.endpoint.send_message(ack, destination, self.transport)
+        host, port = self.endpoint.local
+        bye = dialog.create_request("BYE", via_host=advertised(host), via_port=port,
+                                    headers=(("Reason", CANCELLED_REASON),))
+        self.endpoint.request(bye, destination, self.transport)
 
     def acknowledge(self, response: Response) -> None:
         """ACK a retransmission of this leg's 2xx that outlived its transaction."""
