@@ -73,6 +73,7 @@ class InboundLeg:
         self.contact = contact
         self.dialog: Dialog | None = None
         self.final_status: int | None = None
+        self.final_reason: str | None = None  # the reason phrase of our final response
         self.cancelled = trio.Event()
         self.acked = trio.Event()
         self._answer: Response | None = None
@@ -118,6 +119,7 @@ class InboundLeg:
             status, reason = 403, f"Forbidden (the next hop refused our credentials: {status})"
         self.final_status = status
         response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=headers)
+        self.final_reason = response.reason
         self.endpoint.respond(self.transaction, response)
 
     def challenge(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
@@ -127,6 +129,7 @@ class InboundLeg:
         assert self.final_status is None
         self.final_status = status
         response = make_response(self.request, status, to_tag=stateless_tag(self.request), headers=headers)
+        self.final_reason = response.reason
         self.endpoint.respond_statelessly(self.transaction, response)
 
     def answer(self, body: bytes, *, headers: tuple[tuple[str, str], ...] = ()) -> Dialog:
@@ -137,6 +140,7 @@ class InboundLeg:
         if body:
             extra.append(("Content-Type", "application/sdp"))
         response = make_response(self.request, 200, to_tag=self.local_tag, headers=extra, body=body)
+        self.final_reason = response.reason
         self._answer = response
         self.dialog = Dialog.as_uas(
             self.request, local_tag=self.local_tag, contact=self.contact, flow=self.source, transport=self.transport

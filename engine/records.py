@@ -267,6 +267,7 @@ class CallRecords:
         self._bridge_caller(caller, bridge, now)
         cdr = _inbound_cdr(callback, "callback")
         cdr.bridge_id, cdr.answered_at, cdr.status = bridge.bridge_id, now, 200
+        cdr.reason = callback.leg.final_reason or "OK"
         self._open[id(caller)].append((callback, cdr))
 
     def legs_bridged(self, owner: Call | Placed, bridge: Bridge, legs: tuple[OutboundLeg, ...], now: float) -> None:
@@ -289,6 +290,7 @@ class CallRecords:
         caller.bridge_id = bridge.bridge_id
         caller.answered_at = now
         caller.status = 200
+        caller.reason = call.leg.final_reason or "OK"
 
     def call_finished(self, call: Call, now: float) -> None:
         """The caller's INVITE has its final answer and the call's dialplan has ended:
@@ -298,6 +300,7 @@ class CallRecords:
             return  # (also when the bridge has ended already and written it)
         caller = self._caller_cdr(call, now)  # (a call that dialled nothing has none yet)
         caller.status = call.leg.final_status
+        caller.reason = call.leg.final_reason
         caller.hungup_at = now
         self._write([caller])
         self._forget(call, call)

@@ -61,9 +61,11 @@ async def test_out_dialplan_bridges_and_bye_crosses(tmp_path: Path) -> None:
             got = await bob.next_request("BYE")
             await callee.ok_to(got)
             cdrs = await wait_rows(
-                server, "SELECT leg, bridge_id, hungup_at, answered_at FROM cdrs WHERE hungup_at IS NOT NULL", 2
+                server, "SELECT leg, bridge_id, hungup_at, answered_at, status, reason FROM cdrs "
+                "WHERE hungup_at IS NOT NULL", 2
             )
             assert {r[0] for r in cdrs} == {"caller", "callee"}
+            assert [(r[4], r[5]) for r in cdrs] == [(200, "OK"), (200, "OK")]
             assert len({r[1] for r in cdrs}) == 1 and cdrs[0][1]
 
 
@@ -467,8 +469,9 @@ async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp
             call, incoming = await _alice_calls_bob(alice, bob)
             await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
             assert (await alice.final(call)).status == 486
-            rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at FROM cdrs ORDER BY leg", 2)
+            rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at, reason FROM cdrs ORDER BY leg", 2)
             assert [(r[0], r[1], r[2]) for r in rows] == [("callee", 486, None), ("caller", 486, None)]
+            assert [r[4] for r in rows] == ["Busy Here", "Busy Here"]  # the callee's words, passed on
             assert all(r[3] is not None for r in rows)
             # Nothing about the finished call is left in memory.
             assert server.runner.records._open == {}

@@ -109,6 +109,10 @@ async def test_sixth_concurrent_execution_gets_480(tmp_path: Path) -> None:
             sixth = await carol.invite("alice", authenticate=False)
             final = await carol.final(sixth)
             assert (final.status, final.reason) == (480, CONCURRENCY_REASON)
+            # Its record says why, as the caller was told.
+            refused = await wait_rows(server, "SELECT leg, status, reason FROM cdrs WHERE call_id = ?", 1,
+                                      (sixth.call_id,))
+            assert refused == [("caller", 480, CONCURRENCY_REASON)]
             for call in calls:
                 await call.cancel()
             for call in calls:
