@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.storage import StorageError, Store
+from engine.storage import Insert, StorageError, Store
 from sip.message import random_hex
 
 if TYPE_CHECKING:
@@ -181,20 +180,15 @@ class CallRecords:
         trace_id = random_hex(16)
         owner = call.account.customer_id if call.account is not None else None
         row = (trace_id, owner, call.leg.request.call_id, dialplan, now, "\n".join(lines))
-        self._record(
-            lambda conn: conn.execute(
-                "INSERT INTO traces (id, customer_id, call_id, dialplan, created, text) VALUES (?, ?, ?, ?, ?, ?)", row
-            ),
-            f"the trace {trace_id}",
-        )
+        self._record(_TRACE_ROW, row, f"the trace {trace_id}")
         return trace_id
 
-    def _record(self, op: Callable[[sqlite3.Connection], object], what: str) -> None:
+    def _record(self, insert: Insert, row: tuple[object, ...], what: str) -> None:
         """Queue a record nobody waits for.  Calls ending while the server shuts down
         (its writer already stopped) lose theirs: said in the log, not raised into the
         call's teardown."""
         try:
-            self.store.write_soon(op, what=what)
+            self.store.insert_soon(insert, row, what=what)
         except StorageError as exc:
             log.error("could not store %s: %s", what, exc)
 
@@ -313,22 +307,19 @@ class CallRecords:
                 del self._open[id(call)]
 
     def _write(self, cdrs: list[_CDR]) -> None:
-        rows = [
-            (
+        for c in cdrs:
+            row = (
                 c.id, c.customer_id, c.bridge_id, c.call_id, c.direction, c.leg, c.from_uri, c.to_uri, c.created,
                 c.progress_at, c.answered_at, c.hungup_at, c.status, c.reason, c.hangup_reason,
             )
-            for c in cdrs
-        ]
-        self._record(
-            lambda conn: conn.executemany(
-                "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, "
-                "to_uri, created, progress_at, answered_at, hungup_at, status, reason, hangup_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            ),
-            f"{len(rows)} call records",
-        )
+            self._record(_CDR_ROW, row, f"the call record {c.id}")
+
+
+_TRACE_ROW = Insert("INSERT INTO traces (id, customer_id, call_id, dialplan, created, text)", 6)
+_CDR_ROW = Insert(
+    "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, to_uri, created, "
+    "progress_at, answered_at, hungup_at, status, reason, hangup_reason)", 15
+)
 
 
 def _inbound_cdr(call: Call, leg: str) -> _CDR:

@@ -213,18 +213,62 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed.hex(), digest)
 
 
+class Insert:
+    """An INSERT for rows queued with :meth:`Store.insert_soon`: ``head`` is the statement
+    up to ``VALUES`` (``"INSERT INTO t (a, b)"``), ``width`` the number of columns.
+
+    The writer puts all the rows a batch has for one Insert into a few multi-row
+    statements (chunks of 64, 32, ... 1 rows: a handful of statement texts, which
+    SQLite's statement cache keeps prepared).  Every SQLite call the writer thread makes
+    hands the interpreter lock back and forth with the trio thread; a batch of a hundred
+    calls' records is then five or six calls rather than a hundred."""
+
+    __slots__ = ("head", "width", "_texts")
+
+    CHUNK = 64
+
+    def __init__(self, head: str, width: int) -> None:
+        self.head = head
+        self.width = width
+        self._texts: dict[int, str] = {}
+
+    def text(self, rows: int) -> str:
+        """The statement for ``rows`` rows."""
+        text = self._texts.get(rows)
+        if text is None:
+            one = "(" + ", ".join("?" * self.width) + ")"
+            text = self._texts[rows] = f"{self.head} VALUES " + ", ".join([one] * rows)
+        return text
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
+        """Insert ``rows`` (in order) through ``conn``."""
+        start, left = 0, len(rows)
+        while left:
+            size = self.CHUNK
+            while size > left:
+                size //= 2
+            conn.execute(self.text(size), [value for row in rows[start:start + size] for value in row])
+            start += size
+            left -= size
+
+
 class _Job:
     """One queued write.  ``done`` is None for a write nobody waits for (write_soon);
-    ``what`` then names it in the log if it fails."""
+    ``what`` then names it in the log if it fails.  A job of :meth:`Store.insert_soon`
+    also carries its ``insert`` and ``row``, so the writer can put it together with
+    others; ``op`` inserts it alone (when a batch is replayed job by job)."""
 
-    __slots__ = ("op", "done", "result", "error", "what")
+    __slots__ = ("op", "done", "result", "error", "what", "insert", "row")
 
-    def __init__(self, op: Callable[[sqlite3.Connection], Any], done: trio.Event | None, what: str = "") -> None:
+    def __init__(self, op: Callable[[sqlite3.Connection], Any], done: trio.Event | None, what: str = "",
+                 insert: Insert | None = None, row: Sequence[object] = ()) -> None:
         self.op = op
         self.done = done
         self.result: Any = None
         self.error: BaseException | None = None
         self.what = what
+        self.insert = insert
+        self.row = row
 
     def finish(self) -> None:
         if self.done is not None:
@@ -742,11 +786,26 @@ class Store:
                 "the store's writer is not running: start it with "
                 "`await nursery.start(store.run_writer)`"
             )
-        self._soon.append(_Job(op, None, what))
+        self._queue_soon(_Job(op, None, what))
+
+    def insert_soon(self, insert: Insert, row: Sequence[object], *, what: str) -> None:
+        """Queue one row for ``insert``, as :meth:`write_soon` queues a write: the
+        writer's transaction puts the rows of all such jobs for one Insert together (in
+        order among themselves; before any other job queued after them)."""
+        if self._send is None:
+            raise StorageError(
+                "the store's writer is not running: start it with "
+                "`await nursery.start(store.run_writer)`"
+            )
+        self._queue_soon(_Job(lambda conn: insert.run(conn, (row,)), None, what, insert, row))
+
+    def _queue_soon(self, job: _Job) -> None:
+        self._soon.append(job)
         if len(self._soon) == 1:
             # The first since the writer last took them: make sure it is awake.  If its
             # queue is full it is busy, and takes these after its current batch.
             with suppress(trio.WouldBlock):
+                assert self._send is not None
                 self._send.send_nowait(_WAKE)
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -823,8 +882,17 @@ class Store:
             job.error = None
         try:
             with self._transaction() as conn:
+                rows: dict[Insert, list[Sequence[object]]] = {}
                 for job in batch:
+                    insert = job.insert
+                    if insert is not None:
+                        rows.setdefault(insert, []).append(job.row)
+                        continue
+                    if rows:  # what was queued before this job is written before it runs
+                        _insert_all(conn, rows)
                     job.result = job.op(conn)
+                if rows:
+                    _insert_all(conn, rows)
         except Exception as exc:  # noqa: BLE001 - handed to the jobs' waiters
             if len(batch) == 1:
                 batch[0].error = exc
@@ -844,6 +912,12 @@ class Store:
         """Writer figures: batches committed and jobs in them (jobs/batches is the mean
         group-commit size)."""
         return {"batches": self._batches, "jobs": self._jobs}
+
+
+def _insert_all(conn: sqlite3.Connection, rows: dict[Insert, list[Sequence[object]]]) -> None:
+    for insert, queued in rows.items():
+        insert.run(conn, queued)
+    rows.clear()
 
 
 def _versions(conn: sqlite3.Connection) -> dict[str, int] | None:

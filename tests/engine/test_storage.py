@@ -284,6 +284,45 @@ async def test_write_soon_commits_without_a_waiter_and_logs_a_failure(
     assert {b.id for b in store.load_bindings()} == {"b1"}
 
 
+_KV = storage.Insert("INSERT INTO kv (customer_id, key, value, updated)", 4)
+
+
+async def test_inserted_rows_go_in_a_few_statements_in_order_and_a_bad_one_alone_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "GATHER_SECONDS", 30.0)  # all of them in one batch
+    store, account_id = seeded(tmp_path)
+    statements: list[str] = []
+    with pytest.raises(StorageError, match="run_writer"):
+        store.insert_soon(_KV, (1, "k", "v", 0), what="nothing")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        store._write.set_trace_callback(statements.append)
+        for n in range(100):
+            store.insert_soon(_KV, (1, f"k{n:03}", f"v{n}", n), what=f"key {n}")
+        # A write queued after them sees them all (and a later row for the same key
+        # would replace it: order is kept).
+        store.write_soon(lambda conn: conn.execute(
+            "INSERT INTO kv (customer_id, key, value, updated) SELECT 1, 'count', COUNT(*), 0 FROM kv"), what="count")
+        await store.save_bindings([binding(account_id, 1)])
+        # 100 rows: 64 + 32 + 4, three statements.
+        inserts = [s for s in statements if s.startswith("INSERT INTO kv (customer_id, key, value, updated) VALUES")]
+        assert len(inserts) == 3
+        assert store.query_one("SELECT value FROM kv WHERE key = 'count'") == ("100",)
+        assert store.query_all("SELECT key FROM kv WHERE key != 'count' ORDER BY rowid") == [
+            (f"k{n:03}",) for n in range(100)]
+        # A row that breaks a constraint fails the batch, which is replayed job by job:
+        # only that row is lost, and said in the log.
+        store.insert_soon(_KV, (1, "good1", "v", 0), what="good 1")
+        store.insert_soon(_KV, (1, "bad", None, 0), what="the bad row")  # value is NOT NULL
+        store.insert_soon(_KV, (1, "good2", "v", 0), what="good 2")
+        await store.save_bindings([binding(account_id, 2)])
+        nursery.cancel_scope.cancel()
+    assert store.query_all("SELECT key FROM kv WHERE key LIKE 'good%' OR key = 'bad' ORDER BY key") == [
+        ("good1",), ("good2",)]
+    assert "could not store the bad row" in caplog.text
+
+
 async def test_records_nobody_waits_for_gather_until_a_waited_write_comes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
