@@ -315,10 +315,11 @@ class CallRecords:
             self._record(_CDR_ROW, row, f"the call record {c.id}")
 
 
-_TRACE_ROW = Insert("INSERT INTO traces (id, customer_id, call_id, dialplan, created, text)", 6)
+# (No change counter follows either table: see storage.Insert.)
+_TRACE_ROW = Insert("INSERT INTO traces (id, customer_id, call_id, dialplan, created, text)", 6, counted=False)
 _CDR_ROW = Insert(
     "INSERT OR REPLACE INTO cdrs (id, customer_id, bridge_id, call_id, direction, leg, from_uri, to_uri, created, "
-    "progress_at, answered_at, hungup_at, status, reason, hangup_reason)", 15
+    "progress_at, answered_at, hungup_at, status, reason, hangup_reason)", 15, counted=False
 )
 
 

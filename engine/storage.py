@@ -217,19 +217,23 @@ class Insert:
     """An INSERT for rows queued with :meth:`Store.insert_soon`: ``head`` is the statement
     up to ``VALUES`` (``"INSERT INTO t (a, b)"``), ``width`` the number of columns.
 
-    The writer puts all the rows a batch has for one Insert into a few multi-row
-    statements (chunks of 64, 32, ... 1 rows: a handful of statement texts, which
-    SQLite's statement cache keeps prepared).  Every SQLite call the writer thread makes
+    The writer puts all the rows a batch has for one Insert into multi-row statements
+    of up to 64 rows (one per batch, mostly; the sqlite3 module's statement cache keeps
+    each size prepared).  Every SQLite call the writer thread makes
     hands the interpreter lock back and forth with the trio thread; a batch of a hundred
     calls' records is then five or six calls rather than a hundred."""
 
-    __slots__ = ("head", "width", "_texts")
+    __slots__ = ("head", "width", "counted", "_texts")
 
     CHUNK = 64
 
-    def __init__(self, head: str, width: int) -> None:
+    def __init__(self, head: str, width: int, *, counted: bool = True) -> None:
         self.head = head
         self.width = width
+        #: False for a table no change counter follows (no version trigger: records
+        #: nothing reads back through cached_read); a batch of only such rows then
+        #: skips reading the counters after its commit.
+        self.counted = counted
         self._texts: dict[int, str] = {}
 
     def text(self, rows: int) -> str:
@@ -242,14 +246,9 @@ class Insert:
 
     def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
         """Insert ``rows`` (in order) through ``conn``."""
-        start, left = 0, len(rows)
-        while left:
-            size = self.CHUNK
-            while size > left:
-                size //= 2
-            conn.execute(self.text(size), [value for row in rows[start:start + size] for value in row])
-            start += size
-            left -= size
+        for start in range(0, len(rows), self.CHUNK):
+            chunk = rows[start:start + self.CHUNK]
+            conn.execute(self.text(len(chunk)), [value for row in chunk for value in row])
 
 
 class _Job:
@@ -357,8 +356,10 @@ class Store:
     @staticmethod
     def _connect(file: Path) -> sqlite3.Connection:
         # check_same_thread=False: the writer runs in trio's worker threads; every use
-        # is serialised by the store's lock (the stack notes' recipe).
-        conn = sqlite3.connect(file, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
+        # is serialised by the store's lock (the stack notes' recipe).  Room for 256
+        # prepared statements: each row count of an Insert's statement is one.
+        conn = sqlite3.connect(file, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000,
+                               cached_statements=256)
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         # WAL: readers never block the writer and a commit is one append to the log.
         # synchronous=NORMAL: a commit survives the process being killed (the WAL is in
@@ -375,9 +376,11 @@ class Store:
             self._read.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction.  IMMEDIATE takes the write lock up front, so two
-        processes never deadlock upgrading read locks (the busy timeout queues them)."""
+        processes never deadlock upgrading read locks (the busy timeout queues them).
+        ``counted=False``: the transaction moves no change counter (only rows of
+        uncounted :class:`Insert` s), so they are not read back after it."""
         with self._lock:
             conn = self._write
             conn.execute("BEGIN IMMEDIATE")
@@ -386,7 +389,7 @@ class Store:
                 # The change counters as this transaction leaves them: cached_read
                 # takes them from here, so this process's own writes are seen at once
                 # without the reader asking SQLite.
-                versions = _versions(conn)
+                versions = _versions(conn) if counted else None
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -880,8 +883,9 @@ class Store:
     def _commit_batch(self, batch: list[_Job]) -> None:
         for job in batch:
             job.error = None
+        counted = any(job.insert is None or job.insert.counted for job in batch)
         try:
-            with self._transaction() as conn:
+            with self._transaction(counted=counted) as conn:
                 rows: dict[Insert, list[Sequence[object]]] = {}
                 for job in batch:
                     insert = job.insert

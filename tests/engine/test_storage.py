@@ -305,9 +305,9 @@ async def test_inserted_rows_go_in_a_few_statements_in_order_and_a_bad_one_alone
         store.write_soon(lambda conn: conn.execute(
             "INSERT INTO kv (customer_id, key, value, updated) SELECT 1, 'count', COUNT(*), 0 FROM kv"), what="count")
         await store.save_bindings([binding(account_id, 1)])
-        # 100 rows: 64 + 32 + 4, three statements.
+        # 100 rows: 64 + 36, two statements.
         inserts = [s for s in statements if s.startswith("INSERT INTO kv (customer_id, key, value, updated) VALUES")]
-        assert len(inserts) == 3
+        assert len(inserts) == 2
         assert store.query_one("SELECT value FROM kv WHERE key = 'count'") == ("100",)
         assert store.query_all("SELECT key FROM kv WHERE key != 'count' ORDER BY rowid") == [
             (f"k{n:03}",) for n in range(100)]
@@ -321,6 +321,28 @@ async def test_inserted_rows_go_in_a_few_statements_in_order_and_a_bad_one_alone
     assert store.query_all("SELECT key FROM kv WHERE key LIKE 'good%' OR key = 'bad' ORDER BY key") == [
         ("good1",), ("good2",)]
     assert "could not store the bad row" in caplog.text
+
+
+async def test_a_batch_of_uncounted_rows_does_not_read_the_change_counters(tmp_path: Path) -> None:
+    store, _ = seeded(tmp_path)
+    statements: list[str] = []
+    uncounted = storage.Insert("INSERT INTO kv (customer_id, key, value, updated)", 4, counted=False)
+
+    async def committed(key: str) -> None:
+        with trio.fail_after(5):
+            while store.query_one("SELECT 1 FROM kv WHERE key = ?", (key,)) is None:  # noqa: ASYNC110 - another thread commits
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        store._write.set_trace_callback(statements.append)
+        store.insert_soon(uncounted, (1, "a", "v", 0), what="a")
+        await committed("a")
+        assert not any("FROM versions" in s for s in statements)
+        store.insert_soon(_KV, (1, "b", "v", 0), what="b")  # counted (the default)
+        await committed("b")
+        assert any("FROM versions" in s for s in statements)
+        nursery.cancel_scope.cancel()
 
 
 async def test_records_nobody_waits_for_gather_until_a_waited_write_comes(
