@@ -390,54 +390,54 @@ async def test_lost_2xx_and_lost_ack_still_establish_the_call(tmp_path: Path) ->
             await bob.next_request("BYE")
 
 
+@asynccontextmanager
+async def _answered(tmp_path: Path) -> AsyncIterator[tuple[Phone, Phone, Call, Incoming, Incoming]]:
+    """alice's call to bob, answered and ACKed: (alice, bob, alice's call, the INVITE as
+    bob got it, our ACK as bob got it)."""
+    async with running_server(tmp_path) as server:
+        _alice_out_dials_the_called_user(server)
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call, incoming = await _alice_calls_bob(alice, bob)
+            await bob.answer(incoming, ring=False)
+            assert (await alice.final(call)).status == 200
+            yield alice, bob, call, incoming, await bob.next_request("ACK")
+
 
 async def test_a_second_dialog_answering_one_leg_is_acked_and_hung_up(tmp_path: Path) -> None:
     # A forking proxy beyond the callee may pass on 2xx from two of its branches for our
     # one INVITE (RFC 3261 13.2.2.4: each its own dialog).  The leg keeps the first: the
     # second gets its own ACK (its To tag) and a BYE, and a retransmission of it the same
     # ACK again and no second BYE; the call stays bridged to the first.
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            await bob.answer(incoming, ring=False)
-            assert (await alice.final(call)).status == 200
-            first_ack = await bob.next_request("ACK")
-            other = bob.reply(incoming, 200, to_tag="otherbranch", body=sdp("127.0.0.1", 41500))
-            await bob.send(other, incoming.source)
-            ack = await bob.next_request("ACK")
-            assert ack.request.to.tag == "otherbranch" and ack.request.cseq.number == incoming.request.cseq.number
-            assert ack.request.call_id == incoming.request.call_id and first_ack.request.to.tag != "otherbranch"
-            bye = await bob.next_request("BYE")
-            assert bye.request.to.tag == "otherbranch"
-            assert bye.request.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
-            await bob.send(bob.reply(bye, 200), bye.source)
-            await bob.send(other, incoming.source)
-            assert (await bob.next_request("ACK")).request == ack.request
-            await bob.no_request("BYE", 0.5)
-            await alice.no_request("BYE", 0.1)
-            assert (await call.bye()).status == 200  # the first dialog still carries the call
-            assert (await bob.next_request("BYE")).request.to.tag == first_ack.request.to.tag
+    async with _answered(tmp_path) as (alice, bob, call, incoming, first_ack):
+        other = bob.reply(incoming, 200, to_tag="otherbranch", body=sdp("127.0.0.1", 41500))
+        await bob.send(other, incoming.source)
+        ack = await bob.next_request("ACK")
+        assert ack.request.to.tag == "otherbranch" and ack.request.cseq.number == incoming.request.cseq.number
+        assert ack.request.call_id == incoming.request.call_id and first_ack.request.to.tag != "otherbranch"
+        bye = await bob.next_request("BYE")
+        assert bye.request.to.tag == "otherbranch"
+        assert bye.request.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+        await bob.send(bob.reply(bye, 200), bye.source)
+        await bob.send(other, incoming.source)
+        assert (await bob.next_request("ACK")).request == ack.request
+        await bob.no_request("BYE", 0.5)
+        await alice.no_request("BYE", 0.1)
+        assert (await call.bye()).status == 200  # the first dialog still carries the call
+        assert (await bob.next_request("BYE")).request.to.tag == first_ack.request.to.tag
 
 
 async def test_a_peer_inventing_dialogs_gets_a_bounded_number_of_byes(tmp_path: Path) -> None:
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            await bob.answer(incoming, ring=False)
-            assert (await alice.final(call)).status == 200
-            await bob.next_request("ACK")
-            for n in range(legs.MAX_OTHER_ANSWERS + 4):
-                await bob.send(bob.reply(incoming, 200, to_tag=f"made-up-{n}"), incoming.source)
-            ended = set()
-            for _ in range(legs.MAX_OTHER_ANSWERS):
-                bye = await bob.next_request("BYE")
-                ended.add(bye.request.to.tag)
-                await bob.send(bob.reply(bye, 200), bye.source)
-            assert ended == {f"made-up-{n}" for n in range(legs.MAX_OTHER_ANSWERS)}
-            await bob.no_request("BYE", 0.5)
-            assert (await call.bye()).status == 200
+    async with _answered(tmp_path) as (_, bob, call, incoming, _):
+        for n in range(legs.MAX_OTHER_ANSWERS + 4):
+            await bob.send(bob.reply(incoming, 200, to_tag=f"made-up-{n}"), incoming.source)
+        ended = set()
+        for _ in range(legs.MAX_OTHER_ANSWERS):
+            bye = await bob.next_request("BYE")
+            ended.add(bye.request.to.tag)
+            await bob.send(bob.reply(bye, 200), bye.source)
+        assert ended == {f"made-up-{n}" for n in range(legs.MAX_OTHER_ANSWERS)}
+        await bob.no_request("BYE", 0.5)
+        assert (await call.bye()).status == 200
 
 
 async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_holding_the_call(
