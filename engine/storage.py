@@ -218,10 +218,10 @@ class Insert:
     up to ``VALUES`` (``"INSERT INTO t (a, b)"``), ``width`` the number of columns.
 
     The writer puts all the rows a batch has for one Insert into multi-row statements
-    of up to 64 rows (one per batch, mostly; the sqlite3 module's statement cache keeps
-    each size prepared).  Every SQLite call the writer thread makes
-    hands the interpreter lock back and forth with the trio thread; a batch of a hundred
-    calls' records is then five or six calls rather than a hundred."""
+    of up to 64 rows (mostly one per batch; the sqlite3 module's statement cache keeps
+    each size prepared).  Every SQLite call the writer thread makes hands the
+    interpreter lock back and forth with the trio thread, so a batch's records cost
+    one such call per table rather than one per record."""
 
     __slots__ = ("head", "width", "counted", "_texts")
 
@@ -784,31 +784,25 @@ class Store:
         (for records nobody waits on: call records, traces).  A failure is logged,
         naming ``what``.  These writes queue without bound rather than wait for room,
         as their callers cannot wait; they go in the same batches as the others."""
-        if self._send is None:
-            raise StorageError(
-                "the store's writer is not running: start it with "
-                "`await nursery.start(store.run_writer)`"
-            )
         self._queue_soon(_Job(op, None, what))
 
     def insert_soon(self, insert: Insert, row: Sequence[object], *, what: str) -> None:
         """Queue one row for ``insert``, as :meth:`write_soon` queues a write: the
         writer's transaction puts the rows of all such jobs for one Insert together (in
         order among themselves; before any other job queued after them)."""
+        self._queue_soon(_Job(lambda conn: insert.run(conn, (row,)), None, what, insert, row))
+
+    def _queue_soon(self, job: _Job) -> None:
         if self._send is None:
             raise StorageError(
                 "the store's writer is not running: start it with "
                 "`await nursery.start(store.run_writer)`"
             )
-        self._queue_soon(_Job(lambda conn: insert.run(conn, (row,)), None, what, insert, row))
-
-    def _queue_soon(self, job: _Job) -> None:
         self._soon.append(job)
         if len(self._soon) == 1:
             # The first since the writer last took them: make sure it is awake.  If its
             # queue is full it is busy, and takes these after its current batch.
             with suppress(trio.WouldBlock):
-                assert self._send is not None
                 self._send.send_nowait(_WAKE)
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
