@@ -1,6 +1,7 @@
 """A real call between two real phones (baresip) through an In dialplan: both phones see
 the call established, the audio goes from phone to phone and never through us, and a
-hang-up ends both sides and both bridges with their CDRs."""
+hang-up ends both sides and both bridges with their CDRs; hold and resume (re-INVITEs)
+cross the bridge."""
 
 from __future__ import annotations
 
@@ -156,3 +157,44 @@ async def test_baresip_calls_baresip_through_an_in_dialplan(tmp_path: Path, tran
             # late retransmissions).
             assert not server.calls.bridges and not server.calls.calls
             assert all(bridge.ended.is_set() for bridge, _side in server.calls.dialogs.values())
+
+
+async def test_baresip_holds_and_resumes_across_the_bridge(tmp_path: Path) -> None:
+    # Hold and resume are re-INVITEs in the dialog (a=sendonly, then a=sendrecv): each
+    # crosses the bridge to the other phone as an offer, and its answer comes back.
+    with trio.fail_after(30):
+        async with running_server(tmp_path) as server:
+            provision(server, accounts={"alice": (None, None), "bob": ("in", None)},
+                      dialplans={"in": IN_DIALPLAN})
+            assert server.sip_address is not None
+            alice = Baresip(tmp_path, user="alice", password=PASSWORD, server=server.sip_address, transport="udp")
+            bob = Baresip(tmp_path, user="bob", password=PASSWORD, server=server.sip_address, transport="udp")
+            async with trio.open_nursery() as nursery:
+                try:
+                    await alice.start(nursery)
+                    await bob.start(nursery)
+                    await _registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
+                    await alice.command("dial", f"sip:bob@127.0.0.1:{server.sip_address[1]}")
+                    await alice.wait_event("CALL_ESTABLISHED", limit=10)
+                    await bob.wait_event("CALL_ESTABLISHED", limit=10)
+
+                    def sdp_events(phone: Baresip, param: str) -> int:
+                        return sum(1 for e in phone.events if e.get("type") == "CALL_REMOTE_SDP" and e.get("param") == param)
+
+                    offers, answers = sdp_events(bob, "offer"), sdp_events(alice, "answer")
+                    for step in ("hold", "resume"):
+                        assert (await alice.command(step))["ok"]
+                        with trio.fail_after(5):
+                            while sdp_events(bob, "offer") == offers or sdp_events(alice, "answer") == answers:  # noqa: ASYNC110
+                                await trio.sleep(0.05)
+                        offers, answers = offers + 1, answers + 1
+                    # Still one established call on each phone, and the bridge holds it.
+                    for phone in (alice, bob):
+                        assert "ESTABLISHED" in (await phone.command("listcalls"))["data"]
+                    assert len(server.calls.bridges) == 2
+                    assert (await alice.command("hangup"))["ok"]
+                    await bob.wait_event("CALL_CLOSED", limit=5)
+                finally:
+                    await alice.stop()
+                    await bob.stop()
+                    nursery.cancel_scope.cancel()
