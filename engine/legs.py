@@ -40,6 +40,8 @@ _CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 
 T1 = 0.5
 T2 = 4.0
+
+
 def reason_value(cause: int, text: str) -> str:
     """A Reason header value (RFC 3326) for a BYE or CANCEL we send: the SIP status
     that stands for why, and the words."""
@@ -422,10 +424,14 @@ class OutboundLeg:
         ack = self._ack_in(dialog)
         self._other_answers[tag] = (ack, destination)
         self.endpoint.send_message(ack, destination, self.transport)
+        self._bye_in(dialog, CANCELLED_REASON)
+
+    def _bye_in(self, dialog: Dialog, reason: str | None) -> None:
+        """Send BYE in ``dialog`` (fire and forget: its transaction retransmits)."""
         host, port = self.endpoint.local
-        bye = dialog.create_request("BYE", via_host=advertised(host), via_port=port,
-                                    headers=(("Reason", CANCELLED_REASON),))
-        self.endpoint.request(bye, destination, self.transport)
+        headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
+        bye = dialog.create_request("BYE", via_host=advertised(host), via_port=port, headers=headers)
+        self.endpoint.request(bye, dialog.destination() or self.destination, self.transport)
 
     def acknowledge(self, response: Response) -> None:
         """ACK a retransmission of this leg's 2xx that outlived its transaction."""
@@ -489,10 +495,7 @@ class OutboundLeg:
             return
         if self._ack_waiting is not None:
             self.answer_late_offer(b"")  # no answer will come: the 2xx is ACKed bare first
-        host, port = self.endpoint.local
-        headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
-        bye = self.dialog.create_request("BYE", via_host=advertised(host), via_port=port, headers=headers)
-        self.endpoint.request(bye, self.dialog.destination() or self.destination, self.transport)
+        self._bye_in(self.dialog, reason)
         self.dialog = None
 
     async def wait_final(self) -> Response | None:
