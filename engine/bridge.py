@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from engine.legs import OutboundLeg, advertised
+from engine.legs import OutboundLeg, request_in
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
@@ -155,15 +155,8 @@ class Bridge:
             for name, value in request.headers
             if name in ("Content-Disposition", "Event", "Subscription-State", "Info-Package", "Session-Expires", "Supported")
         )
-        host, port = self.endpoint.local
-        relayed = other.dialog.create_request(
-            method,
-            via_host=advertised(host),
-            via_port=port,
-            body=body,
-            content_type=content_type,
-            headers=passthrough,
-        )
+        relayed = request_in(self.endpoint, other.dialog, method, body=body, content_type=content_type,
+                             headers=passthrough)
         destination = other.dialog.destination()
         if destination is None:
             self.endpoint.respond(tx, make_response(request, 502, "Cannot reach the other party"))
@@ -222,9 +215,8 @@ class Bridge:
     def _ack(self, side: Side, cseq: int, answer: bytes) -> None:
         """ACK a 2xx of ``side`` to our re-INVITE with CSeq ``cseq`` (with the answer to
         its offer after a late offer)."""
-        host, port = self.endpoint.local
-        ack = side.dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=cseq,
-                                         body=answer, content_type="application/sdp" if answer else None)
+        ack = request_in(self.endpoint, side.dialog, "ACK", cseq=cseq, body=answer,
+                         content_type="application/sdp" if answer else None)
         side.last_ack = ack
         self._send_ack(side, ack)
 
@@ -265,10 +257,9 @@ class Bridge:
             if late is not None:  # a late-offer re-INVITE's 2xx, likewise
                 side.late_ack = None
                 self._ack(late.target_side, late.request.cseq.number, b"")
-        host, port = self.endpoint.local
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:
-            bye = side.dialog.create_request("BYE", via_host=advertised(host), via_port=port)
+            bye = request_in(self.endpoint, side.dialog, "BYE")
             dest = side.dialog.destination()
             if dest is not None:
                 self.endpoint.request(bye, dest, side.transport)

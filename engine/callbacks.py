@@ -39,7 +39,15 @@ from engine.calls import Call
 from engine.dialstring import DialStringError, LegKind, classify, parse_dial_string
 from engine.events import Event
 from engine.forking import Forker, PlannedLeg
-from engine.legs import Credentials, InboundLeg, OutboundLeg, advertised, build_invite, reason_value
+from engine.legs import (
+    Credentials,
+    InboundLeg,
+    OutboundLeg,
+    advertised,
+    build_invite,
+    reason_value,
+    request_in,
+)
 from engine.records import Placed
 from engine.webget import is_public_address
 from sandbox import HostReply, PlainValue
@@ -373,8 +381,7 @@ class _ReInvite:
         dialog = self.leg.dialog
         endpoint = self.engine.endpoint
         if 200 <= response.status < 300 and dialog is not None and endpoint is not None:
-            host, port = endpoint.local
-            ack = dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=self.cseq)
+            ack = request_in(endpoint, dialog, "ACK", cseq=self.cseq)
             endpoint.send_message(ack, dialog.destination() or self.leg.destination, self.leg.transport)
         self.status = self.status or response.status
         self.done.set()
@@ -540,10 +547,7 @@ class CallbackMethods:
         engine.dialogs[second.dialog.key] = (bridge, bridge.callee)
         # Now the first phone learns where the second one's media is.
         body = with_origin(fix_sdp(second.final.body, second.destination), offer)
-        local_host, port = engine.endpoint.local
-        reinvite = first.dialog.create_request(
-            "INVITE", via_host=advertised(local_host), via_port=port, body=body, content_type="application/sdp"
-        )
+        reinvite = request_in(engine.endpoint, first.dialog, "INVITE", body=body, content_type="application/sdp")
         context = _ReInvite(engine, first, reinvite.cseq.number)
         transaction = engine.endpoint.request(reinvite, first.dialog.destination() or first.destination, first.transport)
         transaction.context = context  # type: ignore[attr-defined]

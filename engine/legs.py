@@ -406,9 +406,8 @@ class OutboundLeg:
         self.endpoint.send_message(ack, self._ack[1], self.transport)
 
     def _ack_in(self, dialog: Dialog, *, body: bytes = b"", content_type: str | None = None) -> Request:
-        host, port = self.endpoint.local
-        return dialog.create_request("ACK", via_host=advertised(host), via_port=port, cseq=self.request.cseq.number,
-                                     body=body, content_type=content_type)
+        return request_in(self.endpoint, dialog, "ACK", cseq=self.request.cseq.number, body=body,
+                          content_type=content_type)
 
     def _end_other_answer(self, response: Response, tag: str) -> None:
         sent = self._other_answers.get(tag)
@@ -428,9 +427,7 @@ class OutboundLeg:
 
     def _bye_in(self, dialog: Dialog, reason: str | None) -> None:
         """Send BYE in ``dialog`` (fire and forget: its transaction retransmits)."""
-        host, port = self.endpoint.local
-        headers: tuple[tuple[str, str], ...] = (("Reason", reason),) if reason else ()
-        bye = dialog.create_request("BYE", via_host=advertised(host), via_port=port, headers=headers)
+        bye = request_in(self.endpoint, dialog, "BYE", headers=(("Reason", reason),) if reason else ())
         self.endpoint.request(bye, dialog.destination() or self.destination, self.transport)
 
     def acknowledge(self, response: Response) -> None:
@@ -535,6 +532,16 @@ def build_invite(
     if body:
         items.append(("Content-Type", "application/sdp"))
     return Request(method="INVITE", uri=URI.parse(request_uri), headers=Headers(items), body=body)
+
+
+def request_in(endpoint: SIPEndpoint, dialog: Dialog, method: str, *, body: bytes = b"",
+               content_type: str | None = None, headers: tuple[tuple[str, str], ...] = (),
+               cseq: int | None = None) -> Request:
+    """A request of ours in ``dialog`` (12.2.1.1), its Via naming the address
+    ``endpoint`` advertises."""
+    host, port = endpoint.local
+    return dialog.create_request(method, via_host=advertised(host), via_port=port, body=body,
+                                 content_type=content_type, headers=headers, cseq=cseq)
 
 
 def advertised(host: str) -> str:
