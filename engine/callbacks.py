@@ -368,10 +368,12 @@ def with_origin(body: bytes, offer: bytes) -> bytes:
 
 
 class _ReInvite:
-    """Context of our re-INVITE to the first leg: ACK its 2xx (13.2.2.4)."""
+    """Context of our re-INVITE to the first leg: ACK its 2xx (13.2.2.4), each
+    retransmission with the same ACK, kept as the bridge side's ``last_ack`` (so the
+    bridge resends it too once this transaction has ended)."""
 
-    def __init__(self, engine: CallEngine, leg: OutboundLeg, cseq: int) -> None:
-        self.engine, self.leg, self.cseq = engine, leg, cseq
+    def __init__(self, engine: CallEngine, leg: OutboundLeg, cseq: int, side: Side) -> None:
+        self.engine, self.leg, self.cseq, self.side = engine, leg, cseq, side
         self.done = trio.Event()
         self.status = 0
 
@@ -381,7 +383,9 @@ class _ReInvite:
         dialog = self.leg.dialog
         endpoint = self.engine.endpoint
         if 200 <= response.status < 300 and dialog is not None and endpoint is not None:
-            ack = request_in(endpoint, dialog, "ACK", cseq=self.cseq)
+            ack = self.side.last_ack
+            if ack is None or ack.cseq.number != self.cseq:
+                ack = self.side.last_ack = request_in(endpoint, dialog, "ACK", cseq=self.cseq)
             endpoint.send_message(ack, dialog.destination() or self.leg.destination, self.leg.transport)
         self.status = self.status or response.status
         self.done.set()
@@ -548,7 +552,7 @@ class CallbackMethods:
         # Now the first phone learns where the second one's media is.
         body = with_origin(fix_sdp(second.final.body, second.destination), offer)
         reinvite = request_in(engine.endpoint, first.dialog, "INVITE", body=body, content_type="application/sdp")
-        context = _ReInvite(engine, first, reinvite.cseq.number)
+        context = _ReInvite(engine, first, reinvite.cseq.number, bridge.caller)
         transaction = engine.endpoint.request(reinvite, first.dialog.destination() or first.destination, first.transport)
         transaction.context = context  # type: ignore[attr-defined]
         with trio.move_on_after(32):

@@ -33,6 +33,8 @@ async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> No
             await bob.ok(reinvite, source3, sdp(41000))
             ack, _ = await bob.request("ACK")
             assert ack.cseq.number == reinvite.cseq.number
+            await bob.ok(reinvite, source3, sdp(41000))  # as if our ACK was lost
+            assert (await bob.request("ACK"))[0] == ack  # the same ACK again (RFC 3261 13.2.2.4)
             # A hang-up on one phone reaches the other.
             assert (await carol_dialog.bye()).status == 200
             bye, source4 = await bob.request("BYE")
