@@ -103,6 +103,9 @@ class CallEngine:
         # (Call-ID, local tag, remote tag) -> (bridge, side)
         self.dialogs: dict[tuple[str, str, str], tuple[Bridge, Side]] = {}
         self.calls: set[Call] = set()
+        # The early dialog our 18x open with each running call's caller, by its key
+        # (Call-ID, our To tag, the caller's From tag): for a BYE that ends one.
+        self.early_dialogs: dict[tuple[str, str, str], Call] = {}
         self.executions_by_customer: dict[int, int] = {}
         self.executions = 0
         self.bridges: dict[str, Bridge] = {}
@@ -152,9 +155,7 @@ class CallEngine:
                 assert self.endpoint is not None
                 # RFC 3261 9.2: 200 to the CANCEL, then 487 to the INVITE.
                 self.endpoint.respond(action.transaction, make_response(action.transaction.request, 200))
-                call.leg.cancelled.set()
-                call.leg.reject(487, "Request Terminated")
-                call.scope.cancel()
+                self._stop(call)
                 return True
             return False
         if kind is AckReceived:
@@ -181,12 +182,28 @@ class CallEngine:
             return False
         return False
 
+    @staticmethod
+    def _stop(call: Call) -> None:
+        """The caller gave up before the answer: 487 to its INVITE, and the dialplan and
+        every leg it started are cancelled."""
+        call.leg.cancelled.set()
+        call.leg.reject(487, "Request Terminated")
+        call.scope.cancel()
+
     def _in_dialog(self, tx: ServerTransaction, request: Request) -> bool:
         from sip.dialog import Dialog
 
         key = Dialog.key_of(request)
         found = self.dialogs.get(key)
         if found is None:
+            early = self.early_dialogs.get(key)
+            if early is not None and request.method == "BYE" and early.leg.final_status is None:
+                # RFC 3261 15: a caller may end an early dialog (after our 18x) with BYE
+                # instead of CANCEL; 15.1.2: 200 to it, 487 to the pending INVITE.
+                assert self.endpoint is not None
+                self.endpoint.respond(tx, make_response(request, 200))
+                self._stop(early)
+                return True
             if key not in self.ended_dialogs:
                 return False
             assert self.endpoint is not None
@@ -242,8 +259,10 @@ class CallEngine:
     async def _run_call(self, call: Call, run: Callable[[Call], Awaitable[None]]) -> None:
         leg = call.leg
         tx = leg.transaction
+        early = (tx.request.call_id, leg.local_tag, tx.request.from_.tag or "")
         try:
             self.calls.add(call)
+            self.early_dialogs[early] = call
             with call.scope:
                 await run(call)
         except Exception:
@@ -251,6 +270,7 @@ class CallEngine:
             leg.reject(500, "Server Internal Error")
         finally:
             self.calls.discard(call)
+            self.early_dialogs.pop(early, None)
             if leg.final_status is None:
                 leg.reject(487 if leg.cancelled.is_set() else 500)
             # The caller's record, unless a bridge holds it (then the bridge's end

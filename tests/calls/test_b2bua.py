@@ -114,6 +114,35 @@ async def test_the_callers_cancel_stops_the_dialplan_and_every_leg(tmp_path: Pat
         assert "after the dial" not in trace[0][0]
 
 
+async def test_a_bye_on_the_early_dialog_ends_the_call_like_a_cancel(tmp_path: Path) -> None:
+    # RFC 3261 15: the caller may end an early dialog (one our 180 opened) with BYE
+    # instead of CANCEL.  15.1.2: 200 to the BYE, 487 to the INVITE; the legs are
+    # cancelled as for a CANCEL.
+    async with running_server(tmp_path) as server:
+        _alice_out_dials_the_called_user(server)
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call, incoming = await _alice_calls_bob(alice, bob)
+            await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
+            ringing = await alice.next_response(call_id=call.call_id)
+            while ringing.status != 180:
+                ringing = await alice.next_response(call_id=call.call_id)
+            call.final = ringing  # the BYE goes in the early dialog it opened
+            await alice.send(call._in_dialog("BYE"))
+            assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 200
+            assert (await alice.final(call)).status == 487
+            cancel = await bob.next_request("CANCEL")
+            assert cancel.request.call_id == incoming.request.call_id
+            await bob.send(bob.reply(cancel, 200), cancel.source)
+            await bob.send(bob.reply(incoming, 487, to_tag="ringing"), incoming.source)
+            await bob.next_request("ACK")
+            rows = await wait_rows(server, "SELECT status, reason FROM cdrs WHERE leg = 'caller'", 1)
+            assert rows == [(487, "Request Terminated")]
+            assert not server.calls.early_dialogs
+            # Once the INVITE has its final answer, the early dialog is gone: 481.
+            await alice.send(call._in_dialog("BYE"))
+            assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 481
+
+
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
