@@ -6,6 +6,7 @@ answer, including in-dialog re-offers (a video upgrade mid-call must work too).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,6 +51,12 @@ def _relayed_body(message: Request | Response, source: Address) -> bytes:
     return body
 
 
+def _retry_after() -> int:
+    """RFC 3261 14.2: a 500 to an overlapping re-INVITE carries a Retry-After chosen
+    at random between 0 and 10 s."""
+    return secrets.randbelow(11)
+
+
 @dataclass(slots=True)
 class Side:
     """One half of a bridge: a dialog and where its peer's messages come from."""
@@ -67,6 +74,10 @@ class Side:
     # Our last ACK to this side's 2xx to one of our re-INVITEs, sent again for a
     # retransmission of that 2xx, also after the re-INVITE's transaction has ended.
     last_ack: Request | None = None
+    # A re-INVITE relayed to this side still without its final response, and one from
+    # this side we have not answered yet (RFC 3261 14.2: glare, and overlapping INVITEs).
+    inviting: _Relay | None = None
+    invited: _Relay | None = None
 
 
 class _Relay:
@@ -145,6 +156,16 @@ class Bridge:
         if self.ended.is_set():
             self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
             return
+        if method == "INVITE":
+            if side.inviting is not None:
+                # 14.2: our own re-INVITE to this side is in progress (glare).
+                self.endpoint.respond(tx, make_response(request, 491, "Request Pending"))
+                return
+            if side.invited is not None:
+                # 14.2: its previous re-INVITE has no final answer from us yet.
+                self.endpoint.respond(tx, make_response(
+                    request, 500, "Previous INVITE still in progress", headers=(("Retry-After", str(_retry_after())),)))
+                return
         if method in ("INVITE", "UPDATE"):
             side.dialog.refresh_target(request)
         other = self.other(side)
@@ -163,12 +184,20 @@ class Bridge:
             return
         client = self.endpoint.request(relayed, destination, other.transport)
         assert isinstance(client, ClientTransaction)
-        client.context = _Relay(self, tx, relayed, side, other)
+        relay = _Relay(self, tx, relayed, side, other)
+        client.context = relay
+        if method == "INVITE":
+            side.invited = other.inviting = relay
 
     def _relay_response(self, relay: _Relay, response: Response) -> None:
         status = response.status
         if status == 100:
             return
+        if status >= 200:
+            if relay.target_side.inviting is relay:
+                relay.target_side.inviting = None
+            if relay.source_side.invited is relay:
+                relay.source_side.invited = None
         source = relay.target_side.dialog.flow or ("0.0.0.0", 0)
         body = _relayed_body(response, source)
         extra: list[tuple[str, str]] = []

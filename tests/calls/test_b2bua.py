@@ -315,6 +315,35 @@ async def test_a_reinvite_2xx_resent_after_its_transaction_gets_the_same_ack(tmp
         assert again.request == first.request
 
 
+async def test_crossing_and_overlapping_reinvites_get_491_and_500(tmp_path: Path) -> None:
+    # RFC 3261 14.2, as the UAS of each side's dialog: an INVITE from a side to which
+    # our own (relayed) re-INVITE is still pending is glare (491); a second INVITE from
+    # a side whose previous one we have not answered gets 500 with Retry-After.
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
+        reinvite = call._in_dialog("INVITE", body=sdp("192.168.1.20", 40002))
+        await carol.send(reinvite)
+        relayed = await bob.next_request("INVITE")  # pending at bob
+        crossing = callee.request("INVITE", body=sdp("10.9.8.7", 41004))
+        await bob.send(crossing, callee.peer)
+        glare = await bob.next_response(call_id=callee.invite.call_id, final=True)
+        assert (glare.status, glare.cseq.number) == (491, crossing.cseq.number)
+        again = call._in_dialog("INVITE", body=sdp("192.168.1.20", 40004))
+        await carol.send(again)
+        overlap = await carol.next_response(call_id=call.call_id, final=True)
+        assert (overlap.status, overlap.cseq.number) == (500, again.cseq.number)
+        assert 0 <= int(overlap.headers.get("Retry-After") or "-1") <= 10
+        await carol.no_request("INVITE", 0.3)  # neither was relayed
+        # The first re-INVITE completes as usual; then bob's retry goes through.
+        await bob.send(bob.reply(relayed, 200, to_tag=callee.local_tag, body=sdp("10.9.8.7", 41002)), relayed.source)
+        ok = await carol.next_response(call_id=call.call_id, final=True)
+        assert (ok.status, ok.cseq.number) == (200, reinvite.cseq.number)
+        await carol.send(call._in_dialog("ACK", cseq=reinvite.cseq.number))
+        await bob.next_request("ACK")
+        retry = callee.request("INVITE", body=sdp("10.9.8.7", 41006))
+        await bob.send(retry, callee.peer)
+        assert (await carol.next_request("INVITE")).request.body
+
+
 async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> None:
     async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         seen: list[Request] = []
