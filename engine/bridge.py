@@ -84,7 +84,7 @@ class _Relay:
     """Context of a client transaction that carries a relayed request to the other side;
     its final response goes back through the original server transaction."""
 
-    __slots__ = ("bridge", "server_tx", "request", "source_side", "target_side")
+    __slots__ = ("bridge", "server_tx", "request", "source_side", "target_side", "answered")
 
     def __init__(self, bridge: Bridge, server_tx: ServerTransaction, request: Request, source_side: Side, target_side: Side) -> None:
         self.bridge = bridge
@@ -92,6 +92,8 @@ class _Relay:
         self.request = request
         self.source_side = source_side
         self.target_side = target_side
+        # The sender has its final answer from us already (487: the bridge ended first).
+        self.answered = False
 
     def on_response(self, response: Response) -> None:
         self.bridge._relay_response(self, response)
@@ -198,6 +200,12 @@ class Bridge:
                 relay.target_side.inviting = None
             if relay.source_side.invited is relay:
                 relay.source_side.invited = None
+        if relay.answered:
+            # The bridge ended while this re-INVITE was out: its sender had a 487; a 2xx
+            # still gets its ACK (13.2.2.4), and the BYE that ended the bridge follows.
+            if relay.request.method == "INVITE" and 200 <= status < 300:
+                self._ack(relay.target_side, relay.request.cseq.number, b"")
+            return
         source = relay.target_side.dialog.flow or ("0.0.0.0", 0)
         body = _relayed_body(response, source)
         extra: list[tuple[str, str]] = []
@@ -286,6 +294,14 @@ class Bridge:
             if late is not None:  # a late-offer re-INVITE's 2xx, likewise
                 side.late_ack = None
                 self._ack(late.target_side, late.request.cseq.number, b"")
+        for side in (self.caller, self.callee):
+            relay = side.invited
+            if relay is not None:
+                # 15.1.2: a pending re-INVITE from a side still gets its answer: 487.
+                side.invited = relay.target_side.inviting = None
+                relay.answered = True
+                self.endpoint.respond(relay.server_tx, make_response(
+                    relay.server_tx.request, 487, "Request Terminated", to_tag=side.dialog.local_tag))
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:
             bye = request_in(self.endpoint, side.dialog, "BYE")

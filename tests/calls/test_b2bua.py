@@ -344,6 +344,24 @@ async def test_crossing_and_overlapping_reinvites_get_491_and_500(tmp_path: Path
         assert (await carol.next_request("INVITE")).request.body
 
 
+async def test_a_reinvite_pending_when_the_call_ends_gets_487(tmp_path: Path) -> None:
+    # RFC 3261 15.1.2: the bridge's end answers a re-INVITE still pending (487), rather
+    # than leave the sender to time out; a late 2xx to the relayed copy is still ACKed.
+    async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
+        theirs = callee.request("INVITE", body=sdp("10.9.8.7", 41004))
+        await bob.send(theirs, callee.peer)
+        relayed = await carol.next_request("INVITE")
+        assert (await call.bye()).status == 200
+        await callee.ok_to(await bob.next_request("BYE"))
+        ended = await bob.next_response(call_id=callee.invite.call_id, final=True, within=2)
+        assert (ended.status, ended.cseq.number) == (487, theirs.cseq.number)
+        late = carol.reply(relayed, 200, body=sdp("192.168.1.20", 40006))
+        await carol.send(late, relayed.source)
+        ack = await carol.next_request("ACK")
+        assert ack.request.cseq.number == relayed.request.cseq.number
+        await bob.no_request("ACK", 0.3)
+
+
 async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> None:
     async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         seen: list[Request] = []
