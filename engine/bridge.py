@@ -294,7 +294,6 @@ class Bridge:
             if late is not None:  # a late-offer re-INVITE's 2xx, likewise
                 side.late_ack = None
                 self._ack(late.target_side, late.request.cseq.number, b"")
-        for side in (self.caller, self.callee):
             relay = side.invited
             if relay is not None:
                 # 15.1.2: a pending re-INVITE from a side still gets its answer: 487.
