@@ -31,42 +31,48 @@ from tests.calls.helpers import (
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
 
 
-def _alice_out_dials_the_called_user(server: Server) -> None:
-    provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+@asynccontextmanager
+async def _alice_calling_bob(tmp_path: Path) -> AsyncIterator[tuple[Server, Phone, Phone, Call, Incoming]]:
+    """A server where alice's Out dialplan dials the called user, and alice's INVITE to
+    bob as it reaches bob: (server, alice, bob, alice's call, the INVITE bob got)."""
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call = await alice.invite("bob")
+            yield server, alice, bob, call, await bob.next_request("INVITE")
 
 
-async def _alice_calls_bob(alice: Phone, bob: Phone) -> tuple[Call, Incoming]:
-    """alice's INVITE to bob, as it reaches bob (see _alice_out_dials_the_called_user)."""
-    call = await alice.invite("bob")
-    return call, await bob.next_request("INVITE")
+async def _ends_cancelled(phone: Phone, ringing: Incoming, to_tag: str) -> None:
+    """``phone`` gets our CANCEL of the INVITE ``ringing``, and answers 200, then 487."""
+    cancel = await phone.next_request("CANCEL")
+    assert cancel.request.call_id == ringing.request.call_id
+    await phone.send(phone.reply(cancel, 200), cancel.source)
+    await phone.send(phone.reply(ringing, 487, to_tag=to_tag), ringing.source)
 
 
 async def test_out_dialplan_bridges_and_bye_crosses(tmp_path: Path) -> None:
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            callee = await bob.answer(incoming)
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        callee = await bob.answer(incoming)
+        ringing = await alice.next_response(call_id=call.call_id)
+        while ringing.status == 100:
             ringing = await alice.next_response(call_id=call.call_id)
-            while ringing.status == 100:
-                ringing = await alice.next_response(call_id=call.call_id)
-            assert ringing.status == 180
-            ok = await alice.final(call)
-            assert ok.status == 200
-            assert b"m=audio 41000" in ok.body
-            assert b"m=audio 40000" in incoming.request.body
-            await bob.next_request("ACK")
-            bye = await call.bye()
-            assert bye.status == 200
-            got = await bob.next_request("BYE")
-            await callee.ok_to(got)
-            cdrs = await wait_rows(
-                server, "SELECT leg, bridge_id, hungup_at, answered_at, status, reason FROM cdrs "
-                "WHERE hungup_at IS NOT NULL", 2
-            )
-            assert {r[0] for r in cdrs} == {"caller", "callee"}
-            assert [(r[4], r[5]) for r in cdrs] == [(200, "OK"), (200, "OK")]
-            assert len({r[1] for r in cdrs}) == 1 and cdrs[0][1]
+        assert ringing.status == 180
+        ok = await alice.final(call)
+        assert ok.status == 200
+        assert b"m=audio 41000" in ok.body
+        assert b"m=audio 40000" in incoming.request.body
+        await bob.next_request("ACK")
+        bye = await call.bye()
+        assert bye.status == 200
+        got = await bob.next_request("BYE")
+        await callee.ok_to(got)
+        cdrs = await wait_rows(
+            server, "SELECT leg, bridge_id, hungup_at, answered_at, status, reason FROM cdrs "
+            "WHERE hungup_at IS NOT NULL", 2
+        )
+        assert {r[0] for r in cdrs} == {"caller", "callee"}
+        assert [(r[4], r[5]) for r in cdrs] == [(200, "OK"), (200, "OK")]
+        assert len({r[1] for r in cdrs}) == 1 and cdrs[0][1]
 
 
 def _c_line(body: bytes) -> str:
@@ -83,10 +89,7 @@ async def test_parallel_fork_first_answer_wins_and_others_are_cancelled(tmp_path
             second = await b2.next_request("INVITE")
             await b1.answer(first)
             assert (await carol.final(call)).status == 200
-            cancel = await b2.next_request("CANCEL")
-            assert cancel.request.call_id == second.request.call_id
-            await b2.send(b2.reply(cancel, 200), cancel.source)
-            await b2.send(b2.reply(second, 487, to_tag="x"), second.source)
+            await _ends_cancelled(b2, second, "x")
             await b1.next_request("ACK")
 
 
@@ -105,10 +108,7 @@ async def test_the_callers_cancel_stops_the_dialplan_and_every_leg(tmp_path: Pat
             await call.cancel()
             assert (await carol.final(call)).status == 487
             for phone, ring in zip((b1, b2), rings, strict=True):
-                cancel = await phone.next_request("CANCEL")
-                assert cancel.request.call_id == ring.request.call_id
-                await phone.send(phone.reply(cancel, 200), cancel.source)
-                await phone.send(phone.reply(ring, 487, to_tag="r"), ring.source)
+                await _ends_cancelled(phone, ring, "r")
                 await phone.next_request("ACK")
         trace = await wait_rows(server, "SELECT text FROM traces", 1)
         assert "after the dial" not in trace[0][0]
@@ -118,29 +118,23 @@ async def test_a_bye_on_the_early_dialog_ends_the_call_like_a_cancel(tmp_path: P
     # RFC 3261 15: the caller may end an early dialog (one our 180 opened) with BYE
     # instead of CANCEL.  15.1.2: 200 to the BYE, 487 to the INVITE; the legs are
     # cancelled as for a CANCEL.
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
+        ringing = await alice.next_response(call_id=call.call_id)
+        while ringing.status != 180:
             ringing = await alice.next_response(call_id=call.call_id)
-            while ringing.status != 180:
-                ringing = await alice.next_response(call_id=call.call_id)
-            call.final = ringing  # the BYE goes in the early dialog it opened
-            await alice.send(call._in_dialog("BYE"))
-            assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 200
-            assert (await alice.final(call)).status == 487
-            cancel = await bob.next_request("CANCEL")
-            assert cancel.request.call_id == incoming.request.call_id
-            await bob.send(bob.reply(cancel, 200), cancel.source)
-            await bob.send(bob.reply(incoming, 487, to_tag="ringing"), incoming.source)
-            await bob.next_request("ACK")
-            rows = await wait_rows(server, "SELECT status, reason FROM cdrs WHERE leg = 'caller'", 1)
-            assert rows == [(487, "Request Terminated")]
-            assert not server.calls.early_dialogs
-            # Once the INVITE has its final answer, the early dialog is gone: 481.
-            await alice.send(call._in_dialog("BYE"))
-            assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 481
+        call.final = ringing  # the BYE goes in the early dialog it opened
+        await alice.send(call._in_dialog("BYE"))
+        assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 200
+        assert (await alice.final(call)).status == 487
+        await _ends_cancelled(bob, incoming, "ringing")
+        await bob.next_request("ACK")
+        rows = await wait_rows(server, "SELECT status, reason FROM cdrs WHERE leg = 'caller'", 1)
+        assert rows == [(487, "Request Terminated")]
+        assert not server.calls.early_dialogs
+        # Once the INVITE has its final answer, the early dialog is gone: 481.
+        await alice.send(call._in_dialog("BYE"))
+        assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 481
 
 
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
@@ -470,13 +464,10 @@ async def test_lost_2xx_and_lost_ack_still_establish_the_call(tmp_path: Path) ->
 async def _answered(tmp_path: Path) -> AsyncIterator[tuple[Phone, Phone, Call, Incoming, Incoming]]:
     """alice's call to bob, answered and ACKed: (alice, bob, alice's call, the INVITE as
     bob got it, our ACK as bob got it)."""
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            await bob.answer(incoming, ring=False)
-            assert (await alice.final(call)).status == 200
-            yield alice, bob, call, incoming, await bob.next_request("ACK")
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.answer(incoming, ring=False)
+        assert (await alice.final(call)).status == 200
+        yield alice, bob, call, incoming, await bob.next_request("ACK")
 
 
 async def test_a_second_dialog_answering_one_leg_is_acked_and_hung_up(tmp_path: Path) -> None:
@@ -519,38 +510,32 @@ async def test_a_peer_inventing_dialogs_gets_a_bounded_number_of_byes(tmp_path: 
 async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_holding_the_call(
     tmp_path: Path,
 ) -> None:
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            callee = await bob.answer(incoming)
-            assert (await alice.final(call)).status == 200
-            await bob.next_request("ACK")
-            assert (await call.bye()).status == 200
-            await callee.ok_to(await bob.next_request("BYE"))
-            # Bob's own BYE crossed ours: it still gets its 200; a re-INVITE gets 481.
-            assert (await callee.bye()).status == 200
-            assert (await callee.reinvite(sdp("127.0.0.1", 41002))).status == 481
-            # Only the two dialog keys are remembered, not the bridge and the call.
-            engine = server.calls
-            assert not engine.dialogs and not engine.bridges
-            assert len(engine.ended_dialogs) == 2
-            assert all(type(part) is str for key in engine.ended_dialogs for part in key)
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        callee = await bob.answer(incoming)
+        assert (await alice.final(call)).status == 200
+        await bob.next_request("ACK")
+        assert (await call.bye()).status == 200
+        await callee.ok_to(await bob.next_request("BYE"))
+        # Bob's own BYE crossed ours: it still gets its 200; a re-INVITE gets 481.
+        assert (await callee.bye()).status == 200
+        assert (await callee.reinvite(sdp("127.0.0.1", 41002))).status == 481
+        # Only the two dialog keys are remembered, not the bridge and the call.
+        engine = server.calls
+        assert not engine.dialogs and not engine.bridges
+        assert len(engine.ended_dialogs) == 2
+        assert all(type(part) is str for key in engine.ended_dialogs for part in key)
 
 
 async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp_path: Path) -> None:
-    async with running_server(tmp_path) as server:
-        _alice_out_dials_the_called_user(server)
-        async with phones(server, "alice", "bob") as (alice, bob):
-            call, incoming = await _alice_calls_bob(alice, bob)
-            await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
-            assert (await alice.final(call)).status == 486
-            rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at, reason FROM cdrs ORDER BY leg", 2)
-            assert [(r[0], r[1], r[2]) for r in rows] == [("callee", 486, None), ("caller", 486, None)]
-            assert [r[4] for r in rows] == ["Busy Here", "Busy Here"]  # the callee's words, passed on
-            assert all(r[3] is not None for r in rows)
-            # Nothing about the finished call is left in memory.
-            assert server.runner.records._open == {}
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
+        assert (await alice.final(call)).status == 486
+        rows = await wait_rows(server, "SELECT leg, status, bridge_id, hungup_at, reason FROM cdrs ORDER BY leg", 2)
+        assert [(r[0], r[1], r[2]) for r in rows] == [("callee", 486, None), ("caller", 486, None)]
+        assert [r[4] for r in rows] == ["Busy Here", "Busy Here"]  # the callee's words, passed on
+        assert all(r[3] is not None for r in rows)
+        # Nothing about the finished call is left in memory.
+        assert server.runner.records._open == {}
 
 
 @pytest.fixture
