@@ -98,6 +98,13 @@ class _Relay:
     def on_response(self, response: Response) -> None:
         self.bridge._relay_response(self, response)
 
+    def settle(self) -> None:
+        """This re-INVITE is no longer pending on either side (see Side.inviting)."""
+        if self.target_side.inviting is self:
+            self.target_side.inviting = None
+        if self.source_side.invited is self:
+            self.source_side.invited = None
+
     def on_timeout(self) -> None:
         self.bridge._relay_response(self, make_response(self.request, 408, "The other party did not answer"))
 
@@ -196,10 +203,7 @@ class Bridge:
         if status == 100:
             return
         if status >= 200:
-            if relay.target_side.inviting is relay:
-                relay.target_side.inviting = None
-            if relay.source_side.invited is relay:
-                relay.source_side.invited = None
+            relay.settle()
         if relay.answered:
             # The bridge ended while this re-INVITE was out: its sender had a 487; a 2xx
             # still gets its ACK (13.2.2.4), and the BYE that ended the bridge follows.
@@ -297,7 +301,7 @@ class Bridge:
             relay = side.invited
             if relay is not None:
                 # 15.1.2: a pending re-INVITE from a side still gets its answer: 487.
-                side.invited = relay.target_side.inviting = None
+                relay.settle()
                 relay.answered = True
                 self.endpoint.respond(relay.server_tx, make_response(
                     relay.server_tx.request, 487, "Request Terminated", to_tag=side.dialog.local_tag))
