@@ -116,9 +116,10 @@ class InboundLeg:
         challenge = _CHALLENGE_HEADERS.get(status)
         if challenge is not None and not any(name.lower() == challenge for name, _ in headers):
             # A 401/407 must carry its challenge (RFC 3261 20.44, 20.27).  One without it
-            # is a next hop's refusal of *our* credentials (a provider's, after its
-            # challenge was answered once), which the caller cannot answer: 403.
-            status, reason = 403, f"Forbidden (the next hop refused our credentials: {status})"
+            # is a next hop's challenge the caller cannot answer: a provider's refusal
+            # of our credentials after its challenge was answered once, or a phone
+            # asking for credentials we do not hold.  The caller gets 403.
+            status, reason = 403, f"Forbidden (authentication with the next hop failed: {status})"
         self.final_status = status
         response = make_response(self.request, status, reason, to_tag=self.local_tag, headers=headers)
         self.final_reason = response.reason

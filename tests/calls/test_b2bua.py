@@ -589,6 +589,20 @@ async def test_a_binding_that_has_gone_fails_at_once(tmp_path: Path) -> None:
         assert "DialPlan=> dial: 503 Service Unavailable (ICMP: ECONNREFUSED)" in trace[0][0]
 
 
+async def test_a_phone_challenging_our_invite_fails_the_leg_with_a_403_to_the_caller(tmp_path: Path) -> None:
+    # We hold no credentials for our own users' phones: a phone that challenges the
+    # INVITE ends the leg at once, and the caller (who cannot answer the phone's
+    # challenge either) gets a 403 that says why, with no challenge in it.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 401, headers=[
+            ("WWW-Authenticate", 'Digest realm="bob-phone", nonce="n0nce", algorithm=MD5')]), incoming.source)
+        await bob.next_request("ACK")
+        final = await alice.final(call)
+        assert (final.status, final.reason) == (403, "Forbidden (authentication with the next hop failed: 401)")
+        assert final.headers.get("WWW-Authenticate") is None
+        await bob.no_request("INVITE", 1.0)
+
+
 async def test_a_late_offer_gets_its_answer_from_the_callers_ack(tmp_path: Path) -> None:
     # RFC 3264 / RFC 3261 13.2.2.4: an INVITE without SDP; the callee's 2xx carries the
     # offer and the ACK must carry the answer.  The answer comes in the caller's ACK, so

@@ -104,7 +104,7 @@ async def test_a_provider_refusing_the_credentials_ends_the_leg_without_a_loop(t
         # One answer to a challenge, not a loop: the caller hears the refusal.
         final = await alice.final(call)
         # The caller, who authenticated to us, gets no challenge it could not answer.
-        assert final.status == 403 and "refused our credentials" in final.reason
+        assert final.status == 403 and "authentication with the next hop failed: 407" in final.reason
         assert final.headers.get("Proxy-Authenticate") is None
         await trunk.no_request("INVITE", 1.0)
         # The script still sees what the provider said.
