@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from engine.legs import OutboundLeg, request_in
+from engine.legs import DIALOG_ALLOW, OutboundLeg, request_in
 from sip.dialog import Address, Dialog
 from sip.errors import SIPError
 from sip.message import Request, Response, make_response
@@ -164,6 +164,15 @@ class Bridge:
             return
         if self.ended.is_set():
             self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
+            return
+        if method == "REFER":
+            # A transfer (RFC 3515) is not relayed: the other party's phone would place
+            # a call wherever this party said, in our user's name, and a relayed copy
+            # without its Refer-To would only draw a 400 from it.  405 names what the
+            # dialog does take (RFC 3261 21.4.6).
+            self.endpoint.respond(tx, make_response(
+                request, 405, "Method Not Allowed (call transfer by REFER is not supported)",
+                headers=(("Allow", DIALOG_ALLOW),)))
             return
         if method == "INVITE":
             if side.inviting is not None:

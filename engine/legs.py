@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The methods a call's dialogs take from either party (RFC 3261 20.5: sent in our
+#: INVITEs and 2xx answers).  REFER is not among them: see ``bridge.Bridge.on_request``.
+DIALOG_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+
 #: The header a 401 or 407 cannot be sent without.
 _CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 
@@ -139,7 +143,7 @@ class InboundLeg:
         """Send 200 OK with ``body`` (the SDP answer) and create the UAS dialog."""
         assert self.final_status is None
         self.final_status = 200
-        extra = [("Contact", self.contact), *headers]
+        extra = [("Contact", self.contact), ("Allow", DIALOG_ALLOW), *headers]
         if body:
             extra.append(("Content-Type", "application/sdp"))
         response = make_response(self.request, 200, to_tag=self.local_tag, headers=extra, body=body)
@@ -527,7 +531,7 @@ def build_invite(
         ("Call-ID", call_id),
         ("CSeq", "1 INVITE"),
         ("Contact", contact),
-        ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"),
+        ("Allow", DIALOG_ALLOW),
         *extra_headers,
     ]
     if body:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from engine.events import Event, EventBus
-from engine.legs import is_ip
+from engine.legs import DIALOG_ALLOW, is_ip
 from engine.records import Provider, _provider
 from engine.storage import Store
 from sip.digest import authorization_for
@@ -333,7 +333,7 @@ class _Registration:
             ("CSeq", f"{self.cseq} REGISTER"),
             ("Contact", f"<{self.contact}>"),
             ("Expires", str(expires)),
-            ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"),
+            ("Allow", DIALOG_ALLOW),
             ("User-Agent", "dialspell"),
             *self.provider.headers,
         ]

@@ -407,6 +407,26 @@ async def test_update_and_info_cross_the_bridge_both_ways(tmp_path: Path) -> Non
         assert seen[2].body == text and seen[2].headers.get("Content-Type") == "text/plain"
 
 
+async def test_a_transfer_by_refer_is_refused_and_the_call_goes_on(tmp_path: Path) -> None:
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        callee = await bob.answer(incoming)
+        ok = await alice.final(call)
+        assert ok.status == 200
+        await bob.next_request("ACK")
+        # Both parties learn what the dialog takes, from our INVITE and our 2xx.
+        allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+        assert incoming.request.headers.lines("Allow") == [allowed]
+        assert ok.headers.lines("Allow") == [allowed]
+        refused = await callee.send_in_dialog("REFER", headers=[
+            ("Refer-To", "<sip:1900555@example.com>"), ("Referred-By", "<sip:bob@127.0.0.1>")], content_type="")
+        assert (refused.status, refused.reason) == (405, "Method Not Allowed (call transfer by REFER is not supported)")
+        assert refused.headers.lines("Allow") == [allowed]
+        await alice.no_request("REFER", 0.5)
+        # The call is still up: a BYE from alice still reaches bob.
+        assert (await call.bye()).status == 200
+        await callee.ok_to(await bob.next_request("BYE"))
+
+
 async def test_call_duration_limit_hangs_up_both_sides(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
