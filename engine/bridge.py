@@ -51,6 +51,10 @@ def _relayed_body(message: Request | Response, source: Address) -> bytes:
     return body
 
 
+def _no_release(bridge: Bridge, side: Side) -> None:
+    pass
+
+
 def _retry_after() -> int:
     """RFC 3261 14.2: a 500 to an overlapping re-INVITE carries a Retry-After chosen
     at random between 0 and 10 s."""
@@ -78,6 +82,11 @@ class Side:
     # this side we have not answered yet (RFC 3261 14.2: glare, and overlapping INVITEs).
     inviting: _Relay | None = None
     invited: _Relay | None = None
+    # Our 2xx answering this side's INVITE has had no ACK yet (set by whoever answered
+    # it).  RFC 3261 15: no BYE goes to the side until that ACK comes or our 2xx has
+    # been retransmitted for 64*T1; a bridge that ends before then holds it (bye_held).
+    awaiting_ack: bool = False
+    bye_held: bool = False
 
 
 class _Relay:
@@ -137,6 +146,9 @@ class Bridge:
         # neither.  (``call`` is typed loosely: engine.calls builds on this module.)
         self.call: object | None = None
         self.callee_leg: OutboundLeg | None = None
+        # Told when a side whose BYE the bridge held is done with (its BYE sent, or its
+        # own BYE answered): the bridge need not be found by that dialog any more.
+        self.on_release: Callable[[Bridge, Side], None] = _no_release
 
     def sides(self) -> tuple[Side, Side]:
         return self.caller, self.callee
@@ -160,6 +172,9 @@ class Bridge:
         method = request.method
         if method == "BYE":
             self.endpoint.respond(tx, make_response(request, 200))
+            if side.bye_held:
+                side.bye_held = False  # it ended the dialog itself: ours is not needed
+                self.on_release(self, side)
             self.hang_up(by=side.name, reason=f"BYE from {side.name}", notify=self.other(side))
             return
         if self.ended.is_set():
@@ -248,6 +263,30 @@ class Bridge:
         self.endpoint.respond(relay.server_tx, answer)
 
     def on_ack(self, side: Side, request: Request) -> None:
+        self._pass_on_answer(side, request)
+        side.pending_answer = None
+        side.pending_ack.set()
+        if side.awaiting_ack:
+            side.awaiting_ack = False
+            if side.bye_held:
+                self._release_held_bye(side)
+
+    def ack_missing(self, side: Side) -> None:
+        """Our 2xx to ``side`` was retransmitted for 64*T1 without an ACK: the dialog
+        is confirmed, and its session ends with a BYE (RFC 3261 13.3.1.4)."""
+        side.awaiting_ack = False
+        if not self.ended.is_set():
+            self.hang_up(by="server", reason=f"No ACK from the {side.name}")
+        elif side.bye_held:
+            self._release_held_bye(side)
+
+    def _release_held_bye(self, side: Side) -> None:
+        side.bye_held = False
+        self._bye(side)
+        self.on_release(self, side)
+
+    def _pass_on_answer(self, side: Side, request: Request) -> None:
+        """An ACK carrying an answer the other side waits for (after a late offer)."""
         callee_leg = self.callee_leg
         if side is self.caller and callee_leg is not None and callee_leg.awaits_late_answer:
             # The call began with a late offer: this ACK carries the caller's answer to
@@ -259,8 +298,6 @@ class Bridge:
             side.late_ack = None
             answer = _relayed_body(request, side.dialog.flow or ("0.0.0.0", 0))
             self._ack(late.target_side, late.request.cseq.number, answer)
-        side.pending_answer = None
-        side.pending_ack.set()
 
     def _ack(self, side: Side, cseq: int, answer: bytes) -> None:
         """ACK a 2xx of ``side`` to our re-INVITE with CSeq ``cseq`` (with the answer to
@@ -316,12 +353,18 @@ class Bridge:
                     relay.server_tx.request, 487, "Request Terminated", to_tag=side.dialog.local_tag))
         targets = [notify] if notify is not None else [self.caller, self.callee]
         for side in targets:
-            bye = request_in(self.endpoint, side.dialog, "BYE")
-            dest = side.dialog.destination()
-            if dest is not None:
-                self.endpoint.request(bye, dest, side.transport)
+            if side.awaiting_ack:
+                side.bye_held = True  # RFC 3261 15: it goes once our 2xx is ACKed
+            else:
+                self._bye(side)
         self.ended.set()
         self.on_end(self, by, reason)
+
+    def _bye(self, side: Side) -> None:
+        bye = request_in(self.endpoint, side.dialog, "BYE")
+        dest = side.dialog.destination()
+        if dest is not None:
+            self.endpoint.request(bye, dest, side.transport)
 
     async def enforce_duration(self, seconds: float) -> None:
         """``cd=`` option: hang up both sides ``seconds`` after the answer."""

@@ -40,7 +40,6 @@ class WebCallerLeg:
         self.final_status: int | None = None
         self.final_reason: str | None = None
         self.cancelled = trio.Event()
-        self.acked = trio.Event()
         self.progress_sent = False
 
     @property

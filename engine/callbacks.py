@@ -19,7 +19,6 @@ against attacker-chosen From users, so backtracking engines are not an option.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import os
@@ -195,16 +194,8 @@ def bridge_inbound(engine: CallEngine, caller: Call, callback: Call) -> Bridge:
     bridge.call = caller
     caller.bridge = callback.bridge = bridge
     engine.runner.records.inbound_bridged(caller, callback, bridge, engine.wall_clock())
-    engine.bridges[bridge_id] = bridge
-    engine.dialogs[caller_dialog.key] = (bridge, bridge.caller)
-    engine.dialogs[callback_dialog.key] = (bridge, bridge.callee)
-    # Each side's 2xx is retransmitted until its ACK (13.3.1.4).  The engine hands an ACK
-    # to the bridge, which sets the side's pending_ack.
-    for side, leg in ((bridge.caller, caller_leg), (bridge.callee, callback_leg)):
-        engine.unacked_answers.watch(
-            leg, functools.partial(bridge.hang_up, by="server", reason=f"No ACK from the {side.name}"),
-            engine.nursery, acked=side.pending_ack,
-        )
+    # We answered both sides: each 2xx is retransmitted until its ACK.
+    engine.join_bridge(bridge, answered=[(bridge.caller, caller_leg), (bridge.callee, callback_leg)])
     engine.publish(caller, "call", state="answered", bridge=bridge_id, callback=callback_leg.request.call_id)
     return bridge
 

@@ -18,6 +18,7 @@ deeper than 5 gives 483; Max-Forwards is decremented at every hop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -228,10 +229,6 @@ class CallEngine:
         found = self.dialogs.get(key)
         if found is not None:
             bridge, side = found
-            if side is bridge.caller:
-                call = bridge.call
-                if isinstance(call, Call):
-                    call.leg.acked.set()
             bridge.on_ack(side, request)
             return True
         return False
@@ -381,34 +378,29 @@ class CallEngine:
         bridge.call = call
         bridge.callee_leg = winner
         call.bridge = bridge
-        self.bridges[bridge_id] = bridge
-        self.dialogs[caller_dialog.key] = (bridge, bridge.caller)
-        self.dialogs[winner.dialog.key] = (bridge, bridge.callee)
-        self.unacked_answers.watch(
-            leg, lambda: bridge.hang_up(by="server", reason="No ACK from the caller"), self.nursery
-        )
+        self.join_bridge(bridge, answered=[(bridge.caller, leg)])
         if duration_limit:
             self.nursery.start_soon(bridge.enforce_duration, duration_limit)
         self.publish(call, "call", state="answered", bridge=bridge_id)
         return bridge
 
+    def join_bridge(self, bridge: Bridge, *, answered: list[tuple[Side, InboundLeg]]) -> None:
+        """Route both of ``bridge``'s dialogs to it; retransmit each 2xx we answered a
+        side's INVITE with (``answered``) until its ACK (13.3.1.4), and end the call if
+        none comes."""
+        assert self.nursery is not None
+        self.bridges[bridge.bridge_id] = bridge
+        for side in bridge.sides():
+            self.dialogs[side.dialog.key] = (bridge, side)
+        bridge.on_release = self._release_dialog
+        for side, leg in answered:
+            side.awaiting_ack = True
+            self.unacked_answers.watch(leg, side.pending_ack, functools.partial(bridge.ack_missing, side), self.nursery)
+
     def _bridge_ended(self, bridge: Bridge, by: str, reason: str) -> None:
         self.bridges.pop(bridge.bridge_id, None)
-        assert self.nursery is not None
-        # An ended dialog is still known for a while, so a late BYE gets its 200 (and
-        # anything else its 481); only its key is kept, not the bridge (one queue and
-        # one task for all of them, not a sleeping task each).
-        keys = []
-        for side in bridge.sides():
-            key = side.dialog.key
-            if self.dialogs.get(key, (None,))[0] is bridge:
-                del self.dialogs[key]
-                self.ended_dialogs.add(key)
-                keys.append(key)
-        self._ended_queue.append((trio.current_time() + DIALOG_LINGER_SECONDS, tuple(keys)))
-        if not self._forgetting:
-            self._forgetting = True
-            self.nursery.start_soon(self._forget_ended_dialogs)
+        # A side whose BYE waits for its ACK keeps finding the bridge until then.
+        self._retire_dialogs(bridge, [side for side in bridge.sides() if not side.bye_held])
         owner = bridge.call
         if isinstance(owner, Call):
             self.publish(owner, "call", state="ended", bridge=bridge.bridge_id, by=by, reason=reason)
@@ -422,6 +414,28 @@ class CallEngine:
         if isinstance(winner, OutboundLeg):
             winner.release()
             bridge.callee_leg = None
+
+    def _retire_dialogs(self, bridge: Bridge, sides: list[Side]) -> None:
+        """Take ``sides``' dialogs off the live table.  An ended dialog is still known
+        for a while, so a late BYE gets its 200 (and anything else its 481); only its
+        key is kept, not the bridge (one queue and one task for all of them, not a
+        sleeping task each)."""
+        assert self.nursery is not None
+        keys = []
+        for side in sides:
+            key = side.dialog.key
+            if self.dialogs.get(key, (None,))[0] is bridge:
+                del self.dialogs[key]
+                self.ended_dialogs.add(key)
+                keys.append(key)
+        self._ended_queue.append((trio.current_time() + DIALOG_LINGER_SECONDS, tuple(keys)))
+        if not self._forgetting:
+            self._forgetting = True
+            self.nursery.start_soon(self._forget_ended_dialogs)
+
+    def _release_dialog(self, bridge: Bridge, side: Side) -> None:
+        """A side's held BYE has gone (or it sent its own): its dialog retires too."""
+        self._retire_dialogs(bridge, [side])
 
     async def _forget_ended_dialogs(self) -> None:
         try:

@@ -81,7 +81,6 @@ class InboundLeg:
         self.final_status: int | None = None
         self.final_reason: str | None = None  # the reason phrase of our final response
         self.cancelled = trio.Event()
-        self.acked = trio.Event()
         self._answer: Response | None = None
         self.progress_sent = False
 
@@ -174,13 +173,12 @@ class AnswerRetransmitter:
         self._count = 0
         self._running = False
 
-    def watch(self, leg: InboundLeg, on_no_ack: Callable[[], None], nursery: trio.Nursery,
-              acked: trio.Event | None = None) -> None:
-        """Retransmit ``leg``'s 2xx until ``acked`` (default: ``leg.acked``) is set."""
+    def watch(self, leg: InboundLeg, acked: trio.Event, on_no_ack: Callable[[], None], nursery: trio.Nursery) -> None:
+        """Retransmit ``leg``'s 2xx until ``acked`` is set."""
         now = trio.current_time()
         give_up = now + 64 * T1
         first = give_up if leg.transport.upper() != "UDP" else now + T1
-        self._push(first, _Unacked(leg, leg.acked if acked is None else acked, on_no_ack, give_up, T1))
+        self._push(first, _Unacked(leg, acked, on_no_ack, give_up, T1))
         if not self._running:
             self._running = True
             nursery.start_soon(self._run)

@@ -589,6 +589,45 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye
             assert len(server.calls.unacked_answers) == 0
 
 
+@pytest.mark.usefixtures("short_timers")
+async def test_a_callee_hanging_up_before_the_callers_ack_gets_the_callers_bye_held_for_it(tmp_path: Path) -> None:
+    # RFC 3261 15: we may not BYE the caller before it has ACKed our 2xx (a BYE that
+    # overtook a lost 2xx would draw a 481 and leave the caller's phone in a call).
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        alice.auto_ack = False
+        callee = await bob.answer(incoming)
+        await bob.next_request("ACK")
+        ok = await alice.final(call)
+        assert ok.status == 200
+        assert (await callee.bye()).status == 200
+        await alice.no_request("BYE", 0.5)
+        await call.ack(ok)
+        bye = await alice.next_request("BYE")
+        assert bye.request.call_id == call.call_id
+        await alice.send(alice.reply(bye, 200), bye.source)
+        # Its dialog then retires like any other.
+        assert not server.calls.dialogs and len(server.calls.ended_dialogs) == 2
+
+
+@pytest.mark.usefixtures("short_timers")
+async def test_a_held_bye_goes_when_the_callers_ack_never_comes(tmp_path: Path) -> None:
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        alice.auto_ack = False
+        callee = await bob.answer(incoming)
+        await bob.next_request("ACK")
+        started = trio.current_time()
+        assert (await alice.final(call)).status == 200
+        assert (await callee.bye()).status == 200
+        # The 2xx is resent meanwhile; at 64*T1 the dialog is confirmed, and its BYE goes
+        # (13.3.1.4), once.
+        bye = await alice.next_request("BYE", within=5)
+        assert 3.2 <= trio.current_time() - started <= 4.5
+        assert bye.request.call_id == call.call_id
+        await alice.send(alice.reply(bye, 200), bye.source)
+        await bob.no_request("BYE", 0.5)
+        assert len(server.calls.unacked_answers) == 0 and not server.calls.dialogs
+
+
 async def test_a_binding_that_has_gone_fails_at_once(tmp_path: Path) -> None:
     # bob's phone registered, then went away without unregistering: the INVITE to its
     # binding draws an ICMP port unreachable, which ends the leg at once (RFC 3261
