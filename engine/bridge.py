@@ -190,8 +190,10 @@ class Bridge:
                 headers=(("Allow", DIALOG_ALLOW),)))
             return
         if method == "INVITE":
-            if side.inviting is not None:
-                # 14.2: our own re-INVITE to this side is in progress (glare).
+            if side.inviting is not None or self.other(side).awaiting_ack:
+                # 14.2: our own re-INVITE to this side is in progress (glare); or the
+                # other side's INVITE is, its 2xx not yet ACKed, and 14.1 lets no new
+                # INVITE go to it before then.  491: the sender tries again shortly.
                 self.endpoint.respond(tx, make_response(request, 491, "Request Pending"))
                 return
             if side.invited is not None:

@@ -609,6 +609,26 @@ async def test_a_callee_hanging_up_before_the_callers_ack_gets_the_callers_bye_h
         assert not server.calls.dialogs and len(server.calls.ended_dialogs) == 2
 
 
+async def test_a_reinvite_before_the_callers_ack_gets_491(tmp_path: Path) -> None:
+    # RFC 3261 14.1: no new INVITE may go to the caller while its own is in progress
+    # (our 2xx not yet ACKed), so the callee's re-INVITE gets 491 and is tried later.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        alice.auto_ack = False
+        callee = await bob.answer(incoming)
+        await bob.next_request("ACK")
+        ok = await alice.final(call)
+        early = callee.request("INVITE", body=sdp("127.0.0.1", 41002))
+        await bob.send(early, callee.peer)
+        pending = await bob.next_response(call_id=callee.invite.call_id, final=True)
+        assert (pending.status, pending.cseq.number) == (491, early.cseq.number)
+        await alice.no_request("INVITE", 0.3)
+        await call.ack(ok)
+        await trio.sleep(0.1)
+        later = callee.request("INVITE", body=sdp("127.0.0.1", 41004))
+        await bob.send(later, callee.peer)
+        assert b"m=audio 41004" in (await alice.next_request("INVITE")).request.body
+
+
 @pytest.mark.usefixtures("short_timers")
 async def test_a_held_bye_goes_when_the_callers_ack_never_comes(tmp_path: Path) -> None:
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
