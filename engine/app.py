@@ -130,6 +130,11 @@ class SIPApplication:
         if rejection is not None:
             self.respond(tx, rejection)
             return
+        if method not in ("REGISTER", "CANCEL") and request.to.tag:
+            # RFC 3261 12.2.2: a request for a dialog we do not know (the call engine
+            # took those it knows: live ones, and for a while ended ones).
+            self.respond(tx, make_response(request, 481, "No such call or dialog"))
+            return
         if method == "REGISTER":
             assert self.nursery is not None
             self.nursery.start_soon(self._register, tx, request)

@@ -546,6 +546,20 @@ async def test_an_ended_call_answers_a_late_bye_and_refuses_the_rest_without_hol
         assert all(type(part) is str for key in engine.ended_dialogs for part in key)
 
 
+async def test_a_request_for_a_dialog_we_never_had_gets_481(tmp_path: Path) -> None:
+    # RFC 3261 12.2.2: whatever the method, a To tag that names no dialog of ours.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.answer(incoming)
+        assert (await alice.final(call)).status == 200
+        for method in ("INVITE", "OPTIONS", "MESSAGE", "REFER", "FOO"):
+            request = call._in_dialog(method, body=sdp("127.0.0.1", 40002) if method == "INVITE" else b"")
+            request = request.replace(headers=request.headers.with_replaced("Call-ID", "gone@example.com"))
+            await alice.send(request)
+            answer = await alice.next_response(call_id="gone@example.com", method=method, final=True)
+            assert (answer.status, answer.reason) == (481, "No such call or dialog"), method
+        await bob.no_request("INVITE", 0.3)
+
+
 async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp_path: Path) -> None:
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
         await bob.send(bob.reply(incoming, 486, to_tag="busy"), incoming.source)
