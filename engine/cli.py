@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A programmable SIP server: registrar and B2BUA routed by Python dialplans.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     root = parser.add_subparsers(dest="command", metavar="COMMAND")
     dialplan = root.add_parser("dialplan", help="check, run and manage dialplans")
     dialplan_sub = dialplan.add_subparsers(dest="dialplan_command", metavar="ACTION")
@@ -70,3 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (reading the package metadata
+    would cost every command ~25 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("dialspell")
+        except PackageNotFoundError:
+            found = "(not installed)"
+        print(f"dialspell {found}")
+        parser.exit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -58,11 +59,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(serve_forever, config)
-    except StorageError as exc:
-        print(f"dialspell serve: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except OSError as exc:
-        print(f"dialspell serve: cannot start: {exc}. Is another server using the port? "
-              "Choose others with --sip-port/--http-port.", file=sys.stderr, flush=True)
+    except (StorageError, OSError, BaseExceptionGroup) as raised:
+        # The server's tasks raise inside nurseries, so a failure to start arrives
+        # wrapped in exception groups: say what it was, without the traceback.
+        failure = _startup_failure(raised, (StorageError, OSError))
+        if failure is None or (isinstance(failure, OSError) and failure.errno not in _CANNOT_LISTEN):
+            raise
+        if isinstance(failure, OSError):
+            print(f"dialspell serve: cannot listen on SIP {config.sip_host}:{config.sip_port} and HTTP "
+                  f"{config.http_host or config.sip_host}:{config.http_port}: {failure.strerror or failure}. "
+                  f"{_CANNOT_LISTEN.get(failure.errno or 0, '')}", file=sys.stderr, flush=True)
+        else:
+            print(f"dialspell serve: {failure}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+#: What binding a socket fails with when the address is taken, not ours, or privileged,
+#: and what to do about it.
+_CANNOT_LISTEN = {
+    errno.EADDRINUSE: "Is another server using a port? Choose others with --sip-port/--http-port.",
+    errno.EADDRNOTAVAIL: "Is that address one of this machine's? Choose another with --sip-host/--http-host.",
+    errno.EACCES: "Ports below 1024 need privileges: choose higher ones with --sip-port/--http-port, "
+                  "or grant the capability CAP_NET_BIND_SERVICE.",
+}
+
+
+def _startup_failure(raised: BaseException, kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """The one error of ``kinds`` that ``raised`` is or wraps, when it wraps nothing else."""
+    if isinstance(raised, BaseExceptionGroup):
+        found = [_startup_failure(inner, kinds) for inner in raised.exceptions]
+        return found[0] if len(found) == 1 else None
+    return raised if isinstance(raised, kinds) else None

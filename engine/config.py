@@ -137,4 +137,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig
             raise ConfigError(f"{name} must be a whole number")
         if isinstance(default, float) and not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number")
+        if name in _PORT_FIELDS and not 0 <= value <= 65535:
+            raise ConfigError(f"{name} {value} is not a port number: use 1-65535 (0 picks a free one)")
     return ServerConfig(**values)
+
+
+_PORT_FIELDS = frozenset({"sip_port", "http_port", "smtp_port"})

@@ -108,3 +108,26 @@ async def test_bindings_and_accounts_survive_kill_9(tmp_path: Path) -> None:
         assert await second.terminate() == 0
     finally:
         await second.stop()
+
+
+async def test_serve_says_why_it_cannot_start_without_a_traceback(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as taken:
+        await taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        busy = await dialspell("serve", "--sip-host", "127.0.0.1", "--sip-port", str(port),
+                               "--http-port", "0", "--data-dir", data)
+    assert busy.returncode == 1
+    assert busy.stderr.decode() == (
+        f"dialspell serve: cannot listen on SIP 127.0.0.1:{port} and HTTP 127.0.0.1:0: Address already in "
+        "use. Is another server using a port? Choose others with --sip-port/--http-port.\n")
+    wrong = await dialspell("serve", "--sip-port", "99999", "--data-dir", data)
+    assert wrong.returncode == 2
+    assert wrong.stderr.decode() == (
+        "dialspell serve: sip_port 99999 is not a port number: use 1-65535 (0 picks a free one)\n")
+
+
+async def test_version_is_printed_on_standard_output() -> None:
+    shown = await dialspell("--version")
+    assert shown.returncode == 0 and shown.stderr == b""
+    assert shown.stdout.decode().startswith("dialspell 0.")
