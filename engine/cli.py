@@ -26,6 +26,22 @@ _CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (reading the package metadata
+    would cost every command ~25 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("dialspell")
+        except PackageNotFoundError:
+            found = "(not installed)"
+        print(f"dialspell {found}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dialspell",
@@ -72,18 +88,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-class _Version(argparse.Action):
-    """``--version``, looked up only when asked for (reading the package metadata
-    would cost every command ~25 ms)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            found = version("dialspell")
-        except PackageNotFoundError:
-            found = "(not installed)"
-        print(f"dialspell {found}")
-        parser.exit()

@@ -122,11 +122,15 @@ def _need_session() -> Session:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_login(args: argparse.Namespace) -> int:
-    username = args.username or input("Username: ").strip()
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"Password for {username} at {args.server}: ")
+    try:
+        username = args.username or input("Username: ").strip()
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"Password for {username} at {args.server}: ")
+    except EOFError:
+        raise ClientError("no user name or password to read (standard input is closed): give "
+                          "--username, and the password on standard input with --password-stdin") from None
     server = args.server.rstrip("/")
     try:
         with _client(server, None, args.cacert) as client:

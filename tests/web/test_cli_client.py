@@ -39,6 +39,10 @@ async def test_login_push_pull_trace_cdr_logout(web: WebServer, tmp_path: Path) 
     not_yet = await dialspell(tmp_path, "dialplan", "pull", "default")
     assert not_yet.returncode == 1 and b"dialspell login" in not_yet.stderr
 
+    # Nothing to ask on (standard input closed): a message, not a traceback.
+    unasked = await dialspell(tmp_path, "login", "--server", web.url)
+    assert unasked.returncode == 1
+    assert unasked.stderr.endswith(b"give --username, and the password on standard input with --password-stdin\n")
     bad = await dialspell(tmp_path, "login", "--server", web.url, "--username", "alice", "--password-stdin",
                           stdin=b"wrong\n")
     assert bad.returncode == 1 and b"check the user name and password" in bad.stderr
