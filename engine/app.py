@@ -67,10 +67,20 @@ class SIPApplication:
         kind = type(action)
         if kind is RequestReceived:
             assert isinstance(action, RequestReceived)
-            if self._behind(action.request):
+            request = action.request
+            if self._behind(request):
                 assert self.endpoint is not None
                 self.endpoint.shed(action.transaction, self.config.retry_after)
                 return
+            if request.method == "INVITE" and not request.to.tag:
+                # A new call passes RFC 3261 8.2's checks (scheme, Require, body type,
+                # Accept) before the call engine sees it, as every request outside a
+                # dialog does below.  (Requests inside one are the parties' own: the
+                # bridge relays their bodies whatever the type.)
+                rejection = check_request(request)
+                if rejection is not None:
+                    self.respond(action.transaction, rejection)
+                    return
         if self.call_handler is not None and self.call_handler(action):
             return
         if kind is RequestReceived:

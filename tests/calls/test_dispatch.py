@@ -81,3 +81,34 @@ async def test_in_calls_find_the_account_or_say_why_not(tmp_path: Path) -> None:
             await bob1.send(bob1.reply(ring1, 487), ring1.source)
             await bob2.next_request("ACK")
             assert (await answered.bye()).status == 200
+
+
+async def test_a_new_invite_the_server_cannot_honour_is_refused_before_its_challenge(tmp_path: Path) -> None:
+    # RFC 3261 8.2: an extension we lack (Require, Proxy-Require), a body type we cannot
+    # read, an Accept that excludes SDP or a URI scheme we do not serve is refused
+    # before anything else, with what the caller needs to try again.
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            for extra, status, reason, header in [
+                ([("Require", "100rel")], 420, "Bad Extension: 100rel", ("Unsupported", "100rel")),
+                ([("Proxy-Require", "sec-agree")], 420, "Bad Extension: sec-agree", ("Unsupported", "sec-agree")),
+                ([("Accept", "text/plain")], 406, "Not Acceptable: Accept excludes application/sdp", None),
+                ([("Content-Encoding", "gzip")], 415, "Unsupported Content-Encoding: gzip", None),
+            ]:
+                call = await alice.invite("bob", extra=extra)  # no 407 comes first
+                final = await alice.final(call)
+                assert (final.status, final.reason) == (status, reason)
+                if header is not None:
+                    assert final.headers.get(header[0]) == header[1]
+            invite = alice._request("INVITE", "sip:bob@127.0.0.1", to="<sip:bob@127.0.0.1>",
+                                    call_id="multipart@uac", from_tag=new_tag(), body=b"--x\r\n\r\n--x--\r\n")
+            invite = invite.replace(headers=invite.headers.with_replaced("Content-Type", "multipart/mixed;boundary=x"))
+            await alice.send(invite)
+            final = await alice.next_response(call_id="multipart@uac", final=True)
+            assert (final.status, final.reason) == (415, "Unsupported Media Type: multipart/mixed")
+            assert final.headers.get("Accept") == "application/sdp"
+            assert await _final_status(alice, "tel:+15551234", "<tel:+15551234>") == (
+                416, "Unsupported URI Scheme: tel")
+            await bob.no_request("INVITE", 0.5)
