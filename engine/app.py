@@ -72,12 +72,14 @@ class SIPApplication:
                 assert self.endpoint is not None
                 self.endpoint.shed(action.transaction, self.config.retry_after)
                 return
-            if request.method == "INVITE" and not request.to.tag:
-                # A new call passes RFC 3261 8.2's checks (scheme, Require, body type,
-                # Accept) before the call engine sees it, as every request outside a
-                # dialog does below.  (Requests inside one are the parties' own: the
-                # bridge relays their bodies whatever the type.)
-                rejection = check_request(request)
+            # RFC 3261 8.2's checks (scheme, Require, body type, Accept) come before the
+            # call engine: for a new call, as for every request outside a dialog
+            # (below); a request inside a dialog skips the body checks (the bridge
+            # relays the parties' bodies whatever their type) but not the others: an
+            # extension it requires would not survive the relay.
+            in_dialog = bool(request.to.tag)
+            if in_dialog or request.method == "INVITE":
+                rejection = check_request(request, accepted_content_types=None) if in_dialog else check_request(request)
                 if rejection is not None:
                     self.respond(action.transaction, rejection)
                     return
@@ -136,14 +138,14 @@ class SIPApplication:
 
     def _on_request(self, tx: ServerTransaction, request: Request) -> None:
         method = request.method
-        rejection = check_request(request)
-        if rejection is not None:
-            self.respond(tx, rejection)
-            return
         if method not in ("REGISTER", "CANCEL") and request.to.tag:
             # RFC 3261 12.2.2: a request for a dialog we do not know (the call engine
             # took those it knows: live ones, and for a while ended ones).
             self.respond(tx, make_response(request, 481, "No such call or dialog"))
+            return
+        rejection = check_request(request)
+        if rejection is not None:
+            self.respond(tx, rejection)
             return
         if method == "REGISTER":
             assert self.nursery is not None

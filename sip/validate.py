@@ -48,7 +48,7 @@ def check_request(
     *,
     supported_schemes: frozenset[str] = frozenset({"sip", "sips"}),
     supported_extensions: frozenset[str] = frozenset(),
-    accepted_content_types: frozenset[str] = frozenset({"application/sdp"}),
+    accepted_content_types: frozenset[str] | None = frozenset({"application/sdp"}),
     answer_content_types: frozenset[str] = frozenset({"application/sdp"}),
     check_proxy_require: bool = True,
 ) -> Response | None:
@@ -56,7 +56,9 @@ def check_request(
 
     ``supported_schemes``: Request-URI schemes served (lower case).
     ``supported_extensions``: option tags understood (compared case-insensitively).
-    ``accepted_content_types``: body types understood (``type/subtype``, lower case).
+    ``accepted_content_types``: body types understood (``type/subtype``, lower case);
+    None skips the body checks (a B2BUA relaying a request inside a dialog passes the
+    parties' bodies on whatever their type).
     ``answer_content_types``: the types this server answers an INVITE with.
     ``check_proxy_require``: also refuse unsupported Proxy-Require tags; a B2BUA is the
     proxy as well as the UAS for the caller, so it is on by default.
@@ -98,7 +100,7 @@ def check_request(
 
     # RFC 3261 8.2.3: a body of a type the UAS does not understand gets a 415 that "MUST
     # list the types it understands in the Accept header field".
-    if request.body:
+    if request.body and accepted_content_types is not None:
         ctype = request.content_type
         if ctype is None:
             # RFC 3261 7.4.1: "The Internet media type of the message body MUST be given

@@ -427,6 +427,27 @@ async def test_a_transfer_by_refer_is_refused_and_the_call_goes_on(tmp_path: Pat
         await callee.ok_to(await bob.next_request("BYE"))
 
 
+async def test_a_request_in_a_call_requiring_an_extension_gets_420_and_is_not_relayed(tmp_path: Path) -> None:
+    # RFC 3261 8.2.2.3 holds inside a dialog too: the relayed copy would drop the
+    # Require, and the other party would act on a request it was not meant to take.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        callee = await bob.answer(incoming)
+        assert (await alice.final(call)).status == 200
+        await bob.next_request("ACK")
+        reinvite = callee.request("INVITE", body=sdp("127.0.0.1", 41002), extra=[("Require", "100rel")])
+        await bob.send(reinvite, callee.peer)
+        refused = await bob.next_response(call_id=callee.invite.call_id, final=True)
+        assert (refused.status, refused.reason, refused.headers.get("Unsupported")) == (
+            420, "Bad Extension: 100rel", "100rel")
+        update = await call.send_in_dialog("UPDATE", sdp("127.0.0.1", 40002), headers=[("Require", "timer")])
+        assert (update.status, update.headers.get("Unsupported")) == (420, "timer")
+        await alice.no_request("INVITE", 0.3)
+        await bob.no_request("UPDATE", 0.3)
+        # The call is unharmed.
+        assert (await call.bye()).status == 200
+        await callee.ok_to(await bob.next_request("BYE"))
+
+
 async def test_call_duration_limit_hangs_up_both_sides(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "bob": (None, None)},
@@ -551,8 +572,10 @@ async def test_a_request_for_a_dialog_we_never_had_gets_481(tmp_path: Path) -> N
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
         await bob.answer(incoming)
         assert (await alice.final(call)).status == 200
-        for method in ("INVITE", "OPTIONS", "MESSAGE", "REFER", "FOO"):
+        for method in ("INVITE", "OPTIONS", "MESSAGE", "REFER", "FOO", "INFO"):
             request = call._in_dialog(method, body=sdp("127.0.0.1", 40002) if method == "INVITE" else b"")
+            if method == "INFO":  # a body of any type: still 481, not 415
+                request = call._in_dialog(method, body=b"Signal=5\r\n", content_type="application/dtmf-relay")
             request = request.replace(headers=request.headers.with_replaced("Call-ID", "gone@example.com"))
             await alice.send(request)
             answer = await alice.next_response(call_id="gone@example.com", method=method, final=True)

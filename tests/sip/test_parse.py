@@ -351,6 +351,11 @@ def test_bodies() -> None:
     response = check_request(request("Content-Type: text/plain", body=b"hi"),
                              accepted_content_types=frozenset({"text/plain", "application/sdp"}))
     assert response is None
+    # None: any body passes (a B2BUA relaying inside a dialog), the other checks still hold.
+    assert check_request(request("Content-Type: application/dtmf-relay", body=b"Signal=5"),
+                         accepted_content_types=None) is None
+    response = check_request(request("Require: 100rel", body=b"v=0\r\n"), accepted_content_types=None)
+    assert response is not None and response.status == 420
 
 
 def test_rejections_copy_the_dialog_headers_and_tag_the_to() -> None:
