@@ -26,6 +26,28 @@ _CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a count, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: give 1 or more")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a duration in seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a duration: give 0 or more seconds")
+    return value
+
+
 class _Version(argparse.Action):
     """``--version``, looked up only when asked for (reading the package metadata
     would cost every command ~25 ms)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from engine.cli import positive_int
 from engine.storage import DB_FILENAME, DEFAULT_DATA_DIR, StorageError, Store
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -389,7 +390,7 @@ def add_commands(subparsers: Any) -> None:
     trace_sub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
     trace.set_defaults(func=_missing(trace))
     p = trace_sub.add_parser("list", help="the newest traces")
-    p.add_argument("--limit", type=int, default=50, help="how many (default %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=50, help="how many (default %(default)s)")
     _local_options(p)
     p.set_defaults(func=_run(cmd_trace_list))
     p = trace_sub.add_parser("show", help="one trace with its text")
@@ -401,7 +402,7 @@ def add_commands(subparsers: Any) -> None:
     cdr_sub = cdr.add_subparsers(dest="cdr_command", metavar="ACTION")
     cdr.set_defaults(func=_missing(cdr))
     p = cdr_sub.add_parser("list", help="the newest call detail records")
-    p.add_argument("--limit", type=int, default=50, help="how many (default %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=50, help="how many (default %(default)s)")
     _local_options(p)
     p.set_defaults(func=_run(cmd_cdr_list))
 

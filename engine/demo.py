@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from engine.cli import seconds
 from engine.config import ServerConfig
 from engine.softphone import PhoneError, SoftPhone
 
@@ -45,7 +46,7 @@ def add_demo_command(subparsers: Any) -> None:
             "records the server stored."
         ),
     )
-    p.add_argument("--hold", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--hold", type=seconds, default=1.0, metavar="SECONDS",
                    help="how long the call stays up before alice hangs up (default 1)")
     p.add_argument("--keep", action="store_true",
                    help="keep the data directory (its path is printed) instead of removing it")

@@ -85,3 +85,21 @@ def test_bad_address_and_bad_data_dir_are_explained(tmp_path: Path, capsys: pyte
     blocker.write_text("x")
     assert main(["customer", "list", "--data-dir", str(blocker / "data")]) == 1
     assert "--data-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cdr", "list", "--limit", "-5"], "argument --limit: -5 is too small: give 1 or more"),
+        (["trace", "list", "--limit", "ten"], "argument --limit: 'ten' is not a whole number"),
+        (["demo", "--hold", "-1"], "argument --hold: -1 is not a duration: give 0 or more seconds"),
+        (["demo", "--hold", "nan"], "argument --hold: nan is not a duration: give 0 or more seconds"),
+    ],
+)
+def test_counts_and_durations_out_of_range_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith(message)
