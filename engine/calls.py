@@ -107,6 +107,9 @@ class CallEngine:
         # The early dialog our 18x open with each running call's caller, by its key
         # (Call-ID, our To tag, the caller's From tag): for a BYE that ends one.
         self.early_dialogs: dict[tuple[str, str, str], Call] = {}
+        # (Call-ID, From tag, CSeq number) of each running call's INVITE: a copy of it
+        # on another branch is a merged request (RFC 3261 8.2.2.2).
+        self.running_invites: set[tuple[str, str, int]] = set()
         self.executions_by_customer: dict[int, int] = {}
         self.executions = 0
         self.bridges: dict[str, Bridge] = {}
@@ -239,6 +242,13 @@ class CallEngine:
         answered here; only a call that runs a dialplan gets a task of its own."""
         assert self.endpoint is not None and self.nursery is not None
         leg = InboundLeg(endpoint=self.endpoint, transaction=tx, contact=self.contact)
+        request = tx.request
+        merge_key = (request.call_id, request.from_.tag or "", request.cseq.number)
+        if merge_key in self.running_invites:
+            # 8.2.2.2: the same INVITE by another path (a proxy before us forked it to
+            # us twice): one call runs, the copy is refused.
+            leg.reject(482, "Loop Detected (merged request: this INVITE reached us twice)")
+            return
         call = Call(leg=leg)
         tx.context = call
         try:
@@ -247,13 +257,15 @@ class CallEngine:
             log.exception("call %s failed", tx.request.call_id)
             run = None
         if run is not None:
-            self.nursery.start_soon(self._run_call, call, run)
+            self.running_invites.add(merge_key)  # now, not when the task starts
+            self.nursery.start_soon(self._run_call, call, run, merge_key)
             return
         if leg.final_status is None:
             leg.reject(500, "Server Internal Error")
         tx.context = None
 
-    async def _run_call(self, call: Call, run: Callable[[Call], Awaitable[None]]) -> None:
+    async def _run_call(self, call: Call, run: Callable[[Call], Awaitable[None]],
+                        merge_key: tuple[str, str, int]) -> None:
         leg = call.leg
         tx = leg.transaction
         early = (tx.request.call_id, leg.local_tag, tx.request.from_.tag or "")
@@ -268,6 +280,7 @@ class CallEngine:
         finally:
             self.calls.discard(call)
             self.early_dialogs.pop(early, None)
+            self.running_invites.discard(merge_key)
             if leg.final_status is None:
                 leg.reject(487 if leg.cancelled.is_set() else 500)
             # The caller's record, unless a bridge holds it (then the bridge's end

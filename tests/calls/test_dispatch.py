@@ -112,3 +112,27 @@ async def test_a_new_invite_the_server_cannot_honour_is_refused_before_its_chall
             assert await _final_status(alice, "tel:+15551234", "<tel:+15551234>") == (
                 416, "Unsupported URI Scheme: tel")
             await bob.no_request("INVITE", 0.5)
+
+
+async def test_the_same_invite_by_a_second_path_gets_482_and_rings_once(tmp_path: Path) -> None:
+    # RFC 3261 8.2.2.2: a proxy before us forked one INVITE to us twice (same Call-ID,
+    # From tag and CSeq, another branch).  One call runs; the copy is a merged request.
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"bob": (None, None)})
+        async with phones(server, "bob", "carol@example.com") as (bob, carol):
+            call = await carol.invite("bob", authenticate=False)
+            ringing = await bob.next_request("INVITE")
+            via = call.invite.headers.get("Via") or ""
+            branch = via.split("branch=")[1].split(";")[0]
+            copy = call.invite.replace(headers=call.invite.headers.with_replaced(
+                "Via", via.replace(branch, branch + "-2")))
+            await carol.send(copy)
+            merged = await carol.next_response(call_id=call.call_id, final=True)
+            assert (merged.status, merged.reason) == (482, "Loop Detected (merged request: this INVITE reached us twice)")
+            assert branch + "-2" in (merged.headers.get("Via") or "")
+            await carol._ack_error(copy, merged)
+            await bob.no_request("INVITE", 0.5)
+            # The first goes on as usual.
+            await bob.answer(ringing)
+            assert (await carol.final(call)).status == 200
+            assert not server.calls.running_invites
