@@ -190,10 +190,8 @@ class DialplanRunner:
             leg.reject(500, "Dialplan execution failed")
         elif result.outcome is Outcome.COMPILE_ERROR:
             leg.reject(500, "Dialplan does not compile")
-        elif host.last_failure is not None:
-            leg.reject(*caller_answer(*host.last_failure))
         else:
-            leg.reject(480, "Temporarily Unavailable")
+            host.reject_caller()
 
     def _store_trace(
         self, call: Call, host: DialplanHost, name: str, email: str | None, result: ExecutionResult | None
@@ -228,8 +226,7 @@ class DialplanRunner:
         host = DialplanHost(runner=self, call=call, dialplan="")
         reply = await host.dial(dialstring, 0, 0)
         if call.leg.final_status is None and not reply.end:
-            status, reason = caller_answer(*(host.last_failure or (480, "Temporarily Unavailable")))
-            call.leg.reject(status, reason)
+            host.reject_caller()
 
 
 class DialplanHost(CallbackMethods):
@@ -243,6 +240,8 @@ class DialplanHost(CallbackMethods):
         self.trace: list[str] = []
         self.logged: set[str] = set()
         self.last_failure: tuple[int, str] | None = None
+        # The last Dial's redirection targets, when it failed with a 3xx.
+        self.redirect: tuple[str, ...] = ()
         self.custom_headers: dict[str, tuple[str, str]] = {}
         self.from_override: tuple[str | None, str | None, str | None] = (None, None, None)
         self.seen_legs: set[str] = set()
@@ -277,6 +276,7 @@ class DialplanHost(CallbackMethods):
         return await self.dial(str(dialstring), int(ring or 0), int(limit or 0))  # type: ignore[arg-type]
 
     async def dial(self, dialstring: str, ring: int, limit: int) -> HostReply:
+        self.redirect = ()
         call = self.active
         leg = call.leg
         request = leg.request
@@ -328,7 +328,15 @@ class DialplanHost(CallbackMethods):
         if leg.cancelled.is_set():
             return HostReply(value="ClientCancelled", end=True)
         self.last_failure = (outcome.status or 480, outcome.reason or "Temporarily Unavailable")
+        self.redirect = outcome.contacts
         return HostReply(value=outcome.result, failure_status=self.last_failure[0], failure_reason=self.last_failure[1])
+
+    def reject_caller(self) -> None:
+        """Answer the caller with the last Dial's failure (480 without one); a
+        redirection carries its Contacts, without which it would say nothing."""
+        status, reason = caller_answer(*(self.last_failure or (480, "Temporarily Unavailable")))
+        headers = tuple(("Contact", c) for c in self.redirect) if 300 <= status < 400 else ()
+        self.active.leg.reject(status, reason, headers=headers)
 
     def _progress(self, leg: OutboundLeg, status: int, reason: str, body: bytes) -> None:
         self.active.leg.progress(status, reason, body=fix_sdp(body, leg.destination) if body else b"")

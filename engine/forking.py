@@ -41,6 +41,8 @@ class DialOutcome:
     reason: str = ""
     winner: OutboundLeg | None = None
     winner_plan: PlannedLeg | None = None
+    # A 3xx outcome: the Contact values of every 3xx the legs got, where to try instead.
+    contacts: tuple[str, ...] = ()
 
 
 class Forker:
@@ -154,10 +156,18 @@ class Forker:
         best = min(failures, key=lambda leg: _rank(leg.final.status if leg.final else 500))
         assert best.final is not None
         status = best.final.status
+        contacts: tuple[str, ...] = ()
+        if 300 <= status < 400:
+            # 16.7 step 6: a redirection passed on lists the Contacts of all the 3xx.
+            contacts = tuple(dict.fromkeys(
+                line for leg in failures if leg.final is not None and 300 <= leg.final.status < 400
+                for line in leg.final.headers.lines("Contact")
+            ))
         return DialOutcome(
             result="NoAnswer" if status in (408, 480, 486, 487, 600, 603) else "Failed",
             status=status,
             reason=best.final.reason,
+            contacts=contacts,
         )
 
 

@@ -14,7 +14,7 @@ import trio
 from engine import legs
 from engine import server as server_module
 from engine.server import Server
-from sip.message import Request
+from sip.message import Request, make_response
 from sip.transaction import TransactionLayer
 from tests.calls.helpers import (
     Answered,
@@ -581,6 +581,26 @@ async def test_a_request_for_a_dialog_we_never_had_gets_481(tmp_path: Path) -> N
             answer = await alice.next_response(call_id="gone@example.com", method=method, final=True)
             assert (answer.status, answer.reason) == (481, "No such call or dialog"), method
         await bob.no_request("INVITE", 0.3)
+
+
+async def test_a_redirection_reaches_the_caller_with_every_contact_it_named(tmp_path: Path) -> None:
+    # The callee's 302 is the Dial's failure, so it is the caller's answer: with the
+    # Contacts of the 3xx (RFC 3261 16.7 step 6), without which a 302 says nothing.
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\nsys.Log("dial: %s" % sys.LastFailureStatus)\n'})
+        async with phones(server, "alice", "bob", "bob") as (alice, bob1, bob2):
+            call = await alice.invite("bob")
+            first = await bob1.next_request("INVITE")
+            second = await bob2.next_request("INVITE")
+            await bob1.send(make_response(first.request, 302, None, to_tag="r1",
+                                          headers=[("Contact", "<sip:carol@198.51.100.7>;q=0.5")]), first.source)
+            await bob2.send(make_response(second.request, 486, None, to_tag="b2"), second.source)
+            final = await alice.final(call)
+            assert (final.status, final.reason) == (302, "Moved Temporarily")
+            assert final.headers.lines("Contact") == ["<sip:carol@198.51.100.7>;q=0.5"]
+        trace = await wait_rows(server, "SELECT text FROM traces", 1)
+        assert "DialPlan=> dial: 302" in trace[0][0]
 
 
 async def test_a_call_nobody_answers_writes_both_records_and_keeps_none_open(tmp_path: Path) -> None:
