@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 KV_MAX_KEYS = 100
 KV_MAX_KEY = 64
 KV_MAX_VALUE = 1024
+#: Characters no key or value may hold (the dialplan API's rule, kept here too: a
+#: worker's own checks are not trusted, and the HTTP API writes the same store).
+KV_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +152,8 @@ class CallRecords:
             return f"sys.DBWrite(): key must be 1-{KV_MAX_KEY} characters"
         if len(value) > KV_MAX_VALUE:
             return f"sys.DBWrite(): value must be at most {KV_MAX_VALUE} characters"
+        if KV_FORBIDDEN.search(key) or KV_FORBIDDEN.search(value):
+            return "sys.DBWrite(): key and value must not contain CR, LF or NUL"
 
         def op(conn: sqlite3.Connection) -> str | None:
             exists = conn.execute("SELECT 1 FROM kv WHERE customer_id = ? AND key = ?", (customer_id, key)).fetchone()

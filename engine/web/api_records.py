@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine.records import KV_MAX_KEY, KV_MAX_KEYS, KV_MAX_VALUE
+from engine.records import KV_FORBIDDEN, KV_MAX_KEY, KV_MAX_KEYS, KV_MAX_VALUE
 from engine.web.context import (
     Api,
     Fields,
@@ -73,7 +73,11 @@ async def put_kv(api: Api, request: Request, who: Principal) -> Response:
     fields = Fields(body, ("customer_id", "value"))
     if not 1 <= len(key) <= KV_MAX_KEY:
         fields.problem("key", f"must be 1-{KV_MAX_KEY} characters")
+    elif KV_FORBIDDEN.search(key):
+        fields.problem("key", "must not contain CR, LF or NUL")
     value = fields.text("value", required=True, max_len=KV_MAX_VALUE)
+    if value is not None and KV_FORBIDDEN.search(value):
+        fields.problem("value", "must not contain CR, LF or NUL")
     fields.check()
     assert value is not None
     created = await api.repo.kv_put(owner, key, value, api.now())

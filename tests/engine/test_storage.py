@@ -424,3 +424,21 @@ def test_committed_bindings_survive_kill_9(tmp_path: Path) -> None:
     assert acknowledged >= 300
     ids = {b.id for b in Store.open(tmp_path / "data").load_bindings()}
     assert all(f"k{n}" in ids for n in range(1, acknowledged + 1))
+
+
+async def test_the_key_value_store_refuses_what_no_dialplan_may_write(tmp_path: Path) -> None:
+    # The worker's own argument checks are not trusted: the server refuses CR, LF and
+    # NUL in a key or value again before the store sees them.
+    from engine.records import CallRecords
+
+    store, _ = seeded(tmp_path)
+    customer_id = store.directory().account("alice", "local").customer_id  # type: ignore[union-attr]
+    records = CallRecords(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        for key, value in (("a\x00b", "1"), ("k", "line\r\nbreak"), ("k\n", "v")):
+            assert await records.kv_write(customer_id, key, value) == (
+                "sys.DBWrite(): key and value must not contain CR, LF or NUL")
+        assert await records.kv_write(customer_id, "k", "v") is None
+        assert await records.kv_keys(customer_id) == ["k"]
+        nursery.cancel_scope.cancel()

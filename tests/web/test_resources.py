@@ -179,6 +179,12 @@ async def test_calls_list_and_hang_up_cdrs_traces_and_kv(web: WebServer) -> None
         assert (await client.get("/api/v1/kv", params={"prefix": "block:"})).json()["total"] == 1
         assert (await client.delete("/api/v1/kv/block:555")).status_code == 204
         assert (await client.get("/api/v1/kv/block:555")).status_code == 404
+        # What sys.DBWrite refuses, the API refuses too: CR, LF and NUL.
+        for key, value, field in (("a%00b", "1", "key"), ("ab", "line\r\nbreak", "value")):
+            refused = await client.put(f"/api/v1/kv/{key}", json={"value": value})
+            assert refused.status_code == 422
+            assert refused.json()["error"]["message"] == f"{field}: must not contain CR, LF or NUL"
+        assert (await client.get("/api/v1/kv")).json()["total"] == 0
 
 
 async def test_admin_sees_and_manages_everyone(web: WebServer) -> None:
