@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from engine.storage import ConflictError
 from engine.web.context import (
     NAME,
+    SQLITE_MAX_INT,
     Api,
     Fields,
     Principal,
@@ -32,9 +33,12 @@ _MIN_SIP_PASSWORD = 6
 
 def _path_int(request: Request, name: str, what: str) -> int:
     try:
-        return int(request.path_params[name])
+        value = int(request.path_params[name])
     except ValueError:
         raise not_found(what) from None
+    if not 0 < value <= SQLITE_MAX_INT:
+        raise not_found(what)  # no row has such an id (SQLite could not even compare it)
+    return value
 
 
 def _conflict(exc: ConflictError) -> ApiError:

@@ -4,6 +4,7 @@ the helpers that read a request (JSON body, paging, owner scope) the same way ev
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,11 @@ Handler = Callable[[Api, Request, Principal], Awaitable[Response]]
 PublicHandler = Callable[[Api, Request], Awaitable[Response]]
 
 
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259 6), though Python's parser takes them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object, or 400/413 with a clear error."""
     raw = await request.body()
@@ -102,9 +108,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     return body
@@ -175,14 +183,21 @@ class Fields:
             raise ApiError(422, "invalid", f"{first['field']}: {first['message']}", self.problems)
 
 
+#: The largest integer SQLite stores; a bigger one cannot even be compared in a query.
+SQLITE_MAX_INT = 2**63 - 1
+
+
 def _int_param(request: Request, name: str) -> int | None:
     text = request.query_params.get(name)
     if text is None or text == "":
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise invalid(name, "must be an integer") from None
+    if abs(value) > SQLITE_MAX_INT:
+        raise invalid(name, f"must be at most {SQLITE_MAX_INT}")
+    return value
 
 
 def float_param(request: Request, name: str) -> float | None:
@@ -190,9 +205,12 @@ def float_param(request: Request, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise invalid(name, "must be a number (Unix time)") from None
+    if not math.isfinite(value):
+        raise invalid(name, "must be a number (Unix time)")
+    return value
 
 
 def paging(request: Request) -> tuple[int, int]:
