@@ -76,6 +76,8 @@ class Api:
             value = body.get("customer_id")
             if not isinstance(value, int) or isinstance(value, bool):
                 raise invalid("customer_id", "must be an integer")
+            if abs(value) > SQLITE_MAX_INT:
+                raise invalid("customer_id", f"must be at most {SQLITE_MAX_INT}")
             wanted = value
         if wanted is None or wanted == who.customer.id:
             return who.customer.id

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
 from engine.web.routes import ENDPOINTS, Endpoint
 from tests.web.conftest import PASSWORD, WebServer
@@ -58,10 +59,12 @@ def _is_api_error(response: httpx.Response) -> bool:
     return isinstance(error.get("code"), str) and isinstance(error.get("message"), str) and bool(error["message"])
 
 
-async def test_no_input_makes_any_endpoint_fail_with_a_5xx(web: WebServer) -> None:
-    web.add_customer("fuzz")
+@pytest.mark.parametrize("admin", [False, True], ids=["customer", "admin"])
+async def test_no_input_makes_any_endpoint_fail_with_a_5xx(web: WebServer, admin: bool) -> None:
+    web.add_customer("fuzz", admin=admin)
+    web.add_customer("other")
     token = await web.login("fuzz")
-    rng = random.Random(SEED)
+    rng = random.Random(SEED + admin)
     failures: list[str] = []
     async with web.client(token) as client:
         for endpoint in ENDPOINTS:
