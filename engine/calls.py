@@ -277,6 +277,11 @@ class CallEngine:
         except Exception:
             log.exception("call %s failed", tx.request.call_id)
             leg.reject(500, "Server Internal Error")
+        except trio.Cancelled:
+            # Not the caller's CANCEL (that is caught in call.scope): the server is
+            # stopping.  503 sends the caller to another server (RFC 3261 21.5.4).
+            leg.reject(503, "Service Unavailable (server shutting down)")
+            raise
         finally:
             self.calls.discard(call)
             self.early_dialogs.pop(early, None)

@@ -38,6 +38,9 @@ from sip.transport import SIPEndpoint
 
 log = logging.getLogger(__name__)
 
+#: How long a stopping server's writer may take to commit what is queued.
+WRITER_GRACE_SECONDS = 10.0
+
 
 def _version() -> str:
     try:
@@ -141,8 +144,24 @@ class Server:
         self.http_address: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            # The store's writer outlives everything else: the calls cut short by a
+            # shutdown write their records on the way out, and those are committed
+            # before the writer stops (within WRITER_GRACE_SECONDS).
+            writer = trio.CancelScope(shield=True)
+            await nursery.start(self._write, writer)
+            try:
+                await self._serve(task_status)
+            finally:
+                self.store.finish_writer()
+                writer.deadline = trio.current_time() + WRITER_GRACE_SECONDS
+
+    async def _write(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await self.store.run_writer(task_status=task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[Server]) -> None:
         async with self.pool, self.webget, self.callbacks, trio.open_nursery() as nursery:
-            await nursery.start(self.store.run_writer)
             await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
             self.calls.attach(self.endpoint, nursery)

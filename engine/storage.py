@@ -304,6 +304,7 @@ class Store:
         self._queue_size = queue_size
         self._send: trio.MemorySendChannel[_Job] | None = None
         self._soon: list[_Job] = []  # queued by write_soon, taken by the writer
+        self._finishing = False  # finish_writer(): commit what is queued, then return
         self._directory: Directory | None = None
         self._checked_at = float("-inf")
         self._data_version = -1
@@ -805,6 +806,16 @@ class Store:
             with suppress(trio.WouldBlock):
                 self._send.send_nowait(_WAKE)
 
+    def finish_writer(self) -> None:
+        """Have the writer commit every write queued so far, then return: how a server
+        stops once nothing else runs, so that the records its calls wrote on their way
+        out are kept (a cancelled writer fails them instead)."""
+        if self._send is None:
+            return
+        self._finishing = True
+        with suppress(trio.WouldBlock):
+            self._send.send_nowait(_WAKE)  # (a full queue means the writer is busy anyway)
+
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit queued writes in batches until cancelled.
 
@@ -822,9 +833,11 @@ class Store:
         try:
             async with receive.clone():
                 while True:
+                    if self._finishing and not self._soon and not receive.statistics().current_buffer_used:
+                        return
                     taken = [] if self._soon else [await receive.receive()]
                     self._take_queued(receive, taken, self._max_batch)
-                    if self._gather_seconds > 0 and all(job.done is None for job in taken):
+                    if self._gather_seconds > 0 and not self._finishing and all(job.done is None for job in taken):
                         with trio.move_on_after(self._gather_seconds):
                             while True:
                                 job = await receive.receive()
@@ -853,6 +866,7 @@ class Store:
                             job.finish()
         finally:
             self._send = None
+            self._finishing = False
             # Writes still queued when the writer stops are failed, not left waiting
             # forever (their callers may be shielded from the cancellation).
             left = taken + self._soon

@@ -14,6 +14,7 @@ import trio
 from engine import legs
 from engine import server as server_module
 from engine.server import Server
+from engine.storage import Store
 from sip.message import Request, make_response
 from sip.transaction import TransactionLayer
 from tests.calls.helpers import (
@@ -782,3 +783,24 @@ async def test_a_late_offer_the_caller_never_answers_is_acked_bare_then_hung_up(
             bye = await bob.next_request("BYE", within=3)
             assert bye.request.call_id == incoming.request.call_id
             assert len(server.calls.unacked_answers) == 0
+
+
+async def test_a_call_ringing_when_the_server_stops_keeps_its_records(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # A shutdown cuts the call short (503: try another server); the records it writes
+    # on its way out are committed before the store's writer stops, not failed.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
+        ringing = await alice.next_response(call_id=call.call_id)
+        while ringing.status == 100:
+            ringing = await alice.next_response(call_id=call.call_id)
+        assert ringing.status == 180
+    store = Store.open(tmp_path / "data")
+    try:
+        rows = store.query_all("SELECT leg, status, reason, hungup_at FROM cdrs ORDER BY leg")
+    finally:
+        store.close()
+    caller = [r for r in rows if r[0] == "caller"]
+    assert [(r[1], r[2]) for r in caller] == [(503, "Service Unavailable (server shutting down)")]
+    assert caller[0][3] is not None
+    assert not [r for r in caplog.records if "writer stopped" in r.getMessage()]

@@ -442,3 +442,18 @@ async def test_the_key_value_store_refuses_what_no_dialplan_may_write(tmp_path: 
         assert await records.kv_write(customer_id, "k", "v") is None
         assert await records.kv_keys(customer_id) == ["k"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_finished_writer_commits_what_is_queued_then_returns(tmp_path: Path) -> None:
+    store, _ = seeded(tmp_path)
+    # (The nursery is never cancelled: it exits because the writer returned by itself.)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_writer)
+            for n in range(3):
+                store.write_soon(lambda conn, n=n: conn.execute(
+                    "INSERT INTO kv (customer_id, key, value, updated) VALUES (1, ?, 'v', 0)", (f"k{n}",)),
+                    what=f"k{n}")
+            store.finish_writer()
+    assert [r[0] for r in store.query_all("SELECT key FROM kv ORDER BY key")] == ["k0", "k1", "k2"]
+    store.close()
