@@ -61,6 +61,7 @@ CHAIN_HEADER = "X-Dialspell-Chain"
 DIALOG_LINGER_SECONDS = 32.0  # an ended bridge still answers retransmitted BYEs this long
 MAX_CHAIN = 5
 CONCURRENCY_REASON = "Dial plan execution exceeded maximum allowed"
+SHUTDOWN_REASON = "Service Unavailable (server shutting down)"
 
 
 @dataclass(slots=True, eq=False)
@@ -120,6 +121,7 @@ class CallEngine:
         # The 2xx of answered calls, retransmitted until their ACK (13.3.1.4); a call
         # whose ACK never comes is hung up (BYE), as a UAS must.
         self.unacked_answers = AnswerRetransmitter()
+        self.stopping = False  # stop() was called: new INVITEs get 503
         # The server's CallbackService (engine.callbacks), when callbacks are enabled.
         self.callbacks: CallbackService | None = None
 
@@ -186,6 +188,21 @@ class CallEngine:
             return False
         return False
 
+    def stop(self) -> int:
+        """End every call while the server can still send, as it stops: a BYE to both
+        sides of each established call, and for each call still being set up a 503 to
+        its caller (try another server) and a CANCEL to its legs.  Returns how many calls
+        there were."""
+        self.stopping = True
+        calls = list(self.calls)
+        for call in calls:
+            call.leg.reject(503, SHUTDOWN_REASON)
+            call.scope.cancel()  # the dialplan ends; its Dial cancels the legs
+        bridges = list(self.bridges.values())
+        for bridge in bridges:
+            bridge.hang_up(by="server", reason="Server shutting down")
+        return len(calls) + len(bridges)
+
     @staticmethod
     def _stop(call: Call) -> None:
         """The caller gave up before the answer: 487 to its INVITE, and the dialplan and
@@ -243,6 +260,9 @@ class CallEngine:
         assert self.endpoint is not None and self.nursery is not None
         leg = InboundLeg(endpoint=self.endpoint, transaction=tx, contact=self.contact)
         request = tx.request
+        if self.stopping:
+            leg.reject(503, SHUTDOWN_REASON)
+            return
         merge_key = (request.call_id, request.from_.tag or "", request.cseq.number)
         if merge_key in self.running_invites:
             # 8.2.2.2: the same INVITE by another path (a proxy before us forked it to
@@ -278,9 +298,10 @@ class CallEngine:
             log.exception("call %s failed", tx.request.call_id)
             leg.reject(500, "Server Internal Error")
         except trio.Cancelled:
-            # Not the caller's CANCEL (that is caught in call.scope): the server is
-            # stopping.  503 sends the caller to another server (RFC 3261 21.5.4).
-            leg.reject(503, "Service Unavailable (server shutting down)")
+            # Not the caller's CANCEL nor stop() (those are caught in call.scope): the
+            # server is stopping without having asked.  503 sends the caller to
+            # another server (RFC 3261 21.5.4).
+            leg.reject(503, SHUTDOWN_REASON)
             raise
         finally:
             self.calls.discard(call)

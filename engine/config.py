@@ -50,6 +50,8 @@ class ServerConfig:
     # Overload: a new INVITE without credentials that waited longer than
     # this (seconds) in the UDP socket's queue gets 503 + Retry-After; 0 turns it off.
     overload_delay: float = 0.4
+    # Shutdown: how long SIP keeps running for the BYEs and CANCELs that end the calls.
+    stop_grace: float = 1.0
     # Outbound mail (traces, sys.Email).  No host: mails go to <data_dir>/outbox.
     smtp_host: str | None = None
     smtp_port: int = 25

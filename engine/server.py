@@ -144,23 +144,38 @@ class Server:
         self.http_address: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled, then stop in order: end the calls while SIP still
+        runs (BYE, CANCEL, 503), give their messages ``config.stop_grace``, stop the
+        services, and last the store's writer, once it has committed what they queued
+        on their way out (within WRITER_GRACE_SECONDS)."""
         async with trio.open_nursery() as nursery:
-            # The store's writer outlives everything else: the calls cut short by a
-            # shutdown write their records on the way out, and those are committed
-            # before the writer stops (within WRITER_GRACE_SECONDS).
             writer = trio.CancelScope(shield=True)
+            services = trio.CancelScope(shield=True)
             await nursery.start(self._write, writer)
             try:
-                await self._serve(task_status)
+                await nursery.start(self._serve, services)
+                task_status.started(self)
+                await trio.sleep_forever()
             finally:
-                self.store.finish_writer()
+                with trio.CancelScope(shield=True):
+                    if self.sip_address is not None and self.calls.stop():
+                        await trio.sleep(self.config.stop_grace)
+                services.cancel()
                 writer.deadline = trio.current_time() + WRITER_GRACE_SECONDS
 
     async def _write(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
         with scope:
             await self.store.run_writer(task_status=task_status)
 
-    async def _serve(self, task_status: trio.TaskStatus[Server]) -> None:
+    async def _serve(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with scope:
+                await self._services(task_status)
+        finally:
+            # Everything else has stopped, and queued what it had to write.
+            self.store.finish_writer()
+
+    async def _services(self, task_status: trio.TaskStatus[None]) -> None:
         async with self.pool, self.webget, self.callbacks, trio.open_nursery() as nursery:
             await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
@@ -205,7 +220,7 @@ class Server:
             binds = await nursery.start(_serve_http, app, http)
             self.http_address = binds[0] if binds else None
             tune_collector()
-            task_status.started(self)
+            task_status.started()
 
 
 def tune_collector() -> None:

@@ -46,6 +46,7 @@ async def running_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Serv
         "sip_port": free_port(),
         "http_port": free_port(socket.SOCK_STREAM),
         "domain": "127.0.0.1",
+        "stop_grace": 0.0,  # a test's end need not wait for its calls' last BYEs
     }
     settings.update(overrides)
     server = Server(ServerConfig(**settings))

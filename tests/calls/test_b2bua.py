@@ -4,6 +4,7 @@ relay with the NAT fix, duration limits and lost retransmissions."""
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import trio
 
 from engine import legs
 from engine import server as server_module
+from engine.config import ServerConfig
 from engine.server import Server
 from engine.storage import Store
 from sip.message import Request, make_response
@@ -28,6 +30,7 @@ from tests.calls.helpers import (
     sdp,
     wait_rows,
 )
+from tests.conftest import free_port
 
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
 
@@ -785,22 +788,59 @@ async def test_a_late_offer_the_caller_never_answers_is_acked_bare_then_hung_up(
             assert len(server.calls.unacked_answers) == 0
 
 
-async def test_a_call_ringing_when_the_server_stops_keeps_its_records(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    # A shutdown cuts the call short (503: try another server); the records it writes
-    # on its way out are committed before the store's writer stops, not failed.
-    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
-        ringing = await alice.next_response(call_id=call.call_id)
-        while ringing.status == 100:
-            ringing = await alice.next_response(call_id=call.call_id)
-        assert ringing.status == 180
+@asynccontextmanager
+async def _stoppable_server(tmp_path: Path) -> AsyncIterator[tuple[Server, trio.CancelScope]]:
+    """A server like running_server's (with its default stop grace of 1 s), and the
+    scope that stops it alone, so that phones go on listening while it stops."""
+    server = Server(ServerConfig(data_dir=tmp_path / "data", sip_host="127.0.0.1", sip_port=free_port(),
+                                 http_port=free_port(socket.SOCK_STREAM), domain="127.0.0.1"))
+    scope = trio.CancelScope()
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await server.run(task_status=task_status)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
+            yield server, scope
+            scope.cancel()
+    finally:
+        server.store.close()
+
+
+async def test_a_stopping_server_ends_its_calls_and_keeps_their_records(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # SIGTERM with one call up and one ringing: while SIP still runs, the call up gets
+    # a BYE on both sides, the ringing one a 503 (try another server) and a CANCEL to
+    # its callee; new calls get 503 meanwhile.  The records the calls write on their way
+    # out are committed before the store's writer stops, not failed.
+    async with _stoppable_server(tmp_path) as (server, stop):
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
+                  dialplans={"out": DIAL_DST})
+        async with phones(server, "alice", "bob", "carol") as (alice, bob, carol):
+            up = await alice.invite("bob")
+            callee = await bob.answer(await bob.next_request("INVITE"))
+            assert (await alice.final(up)).status == 200
+            await bob.next_request("ACK")
+            ringing = await alice.invite("carol")
+            incoming = await carol.next_request("INVITE")
+            await carol.send(carol.reply(incoming, 180, to_tag="ring"), incoming.source)
+            while (await alice.next_response(call_id=ringing.call_id)).status != 180:
+                pass
+            stop.cancel()
+            refused = await alice.final(ringing)
+            assert (refused.status, refused.reason) == (503, "Service Unavailable (server shutting down)")
+            cancel = await carol.next_request("CANCEL")
+            assert cancel.request.call_id == incoming.request.call_id
+            for phone, call_id in ((alice, up.call_id), (bob, callee.invite.call_id)):
+                bye = await phone.next_request("BYE")
+                assert bye.request.call_id == call_id
     store = Store.open(tmp_path / "data")
     try:
-        rows = store.query_all("SELECT leg, status, reason, hungup_at FROM cdrs ORDER BY leg")
+        rows = store.query_all("SELECT to_uri, leg, status, reason, hangup_reason FROM cdrs WHERE leg = 'caller'")
     finally:
         store.close()
-    caller = [r for r in rows if r[0] == "caller"]
-    assert [(r[1], r[2]) for r in caller] == [(503, "Service Unavailable (server shutting down)")]
-    assert caller[0][3] is not None
+    assert sorted((r[2], r[3], r[4]) for r in rows) == [
+        (200, "OK", "Server shutting down (server)"), (503, "Service Unavailable (server shutting down)", None)]
     assert not [r for r in caplog.records if "writer stopped" in r.getMessage()]
