@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from engine.cli import positive_int
 from engine.simulator import CallSpec, SimulatedCall, simulate
 from sandbox import Limits, SandboxPool
 
@@ -39,22 +40,12 @@ def add_local_commands(subparsers: Any) -> None:
                      help="sys.In or sys.Out (default in)")
     run.add_argument("--answer", metavar="REGEX", default=None,
                      help="Dial legs whose URI matches this answer; others fail with 480")
-    run.add_argument("--repeat", type=_positive, default=1, metavar="N",
+    run.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                      help="place N consecutive calls through the same pool")
     run.add_argument("--json", action="store_true", help="one JSON object per call per line")
     run.add_argument("--username", default="owner", help="the owner's user name (sys.Username)")
-    run.add_argument("--workers", type=_positive, default=1, help="sandbox worker processes")
+    run.add_argument("--workers", type=positive_int, default=1, help="sandbox worker processes")
     run.set_defaults(func=run_command, parser=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _read(path: str) -> str | None:

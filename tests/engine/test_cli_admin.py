@@ -94,6 +94,7 @@ def test_bad_address_and_bad_data_dir_are_explained(tmp_path: Path, capsys: pyte
         (["trace", "list", "--limit", "ten"], "argument --limit: 'ten' is not a whole number"),
         (["demo", "--hold", "-1"], "argument --hold: -1 is not a duration: give 0 or more seconds"),
         (["demo", "--hold", "nan"], "argument --hold: nan is not a duration: give 0 or more seconds"),
+        (["dialplan", "run", "plan.py", "--repeat", "0"], "argument --repeat: 0 is too small: give 1 or more"),
     ],
 )
 def test_counts_and_durations_out_of_range_are_usage_errors(
