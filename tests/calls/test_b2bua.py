@@ -17,7 +17,7 @@ from engine import server as server_module
 from engine.config import ServerConfig
 from engine.server import Server
 from engine.storage import Store
-from sip.message import Request, make_response
+from sip.message import Request, Response, make_response
 from sip.transaction import TransactionLayer
 from tests.calls.helpers import (
     Answered,
@@ -650,16 +650,23 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_both_sides_a_bye
             assert len(server.calls.unacked_answers) == 0
 
 
+async def _answered_unacked(alice: Phone, bob: Phone, call: Call, incoming: Incoming) -> tuple[Answered, Response]:
+    """bob answers (and gets our ACK); alice gets our 2xx and does not ACK it yet:
+    (bob's side of the call, the 2xx alice holds)."""
+    alice.auto_ack = False
+    callee = await bob.answer(incoming)
+    await bob.next_request("ACK")
+    ok = await alice.final(call)
+    assert ok.status == 200
+    return callee, ok
+
+
 @pytest.mark.usefixtures("short_timers")
 async def test_a_callee_hanging_up_before_the_callers_ack_gets_the_callers_bye_held_for_it(tmp_path: Path) -> None:
     # RFC 3261 15: we may not BYE the caller before it has ACKed our 2xx (a BYE that
     # overtook a lost 2xx would draw a 481 and leave the caller's phone in a call).
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        alice.auto_ack = False
-        callee = await bob.answer(incoming)
-        await bob.next_request("ACK")
-        ok = await alice.final(call)
-        assert ok.status == 200
+        callee, ok = await _answered_unacked(alice, bob, call, incoming)
         assert (await callee.bye()).status == 200
         await alice.no_request("BYE", 0.5)
         await call.ack(ok)
@@ -674,10 +681,7 @@ async def test_a_reinvite_before_the_callers_ack_gets_491(tmp_path: Path) -> Non
     # RFC 3261 14.1: no new INVITE may go to the caller while its own is in progress
     # (our 2xx not yet ACKed), so the callee's re-INVITE gets 491 and is tried later.
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        alice.auto_ack = False
-        callee = await bob.answer(incoming)
-        await bob.next_request("ACK")
-        ok = await alice.final(call)
+        callee, ok = await _answered_unacked(alice, bob, call, incoming)
         early = callee.request("INVITE", body=sdp("127.0.0.1", 41002))
         await bob.send(early, callee.peer)
         pending = await bob.next_response(call_id=callee.invite.call_id, final=True)
@@ -693,11 +697,8 @@ async def test_a_reinvite_before_the_callers_ack_gets_491(tmp_path: Path) -> Non
 @pytest.mark.usefixtures("short_timers")
 async def test_a_held_bye_goes_when_the_callers_ack_never_comes(tmp_path: Path) -> None:
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        alice.auto_ack = False
-        callee = await bob.answer(incoming)
-        await bob.next_request("ACK")
         started = trio.current_time()
-        assert (await alice.final(call)).status == 200
+        callee, _ = await _answered_unacked(alice, bob, call, incoming)
         assert (await callee.bye()).status == 200
         # The 2xx is resent meanwhile; at 64*T1 the dialog is confirmed, and its BYE goes
         # (13.3.1.4), once.
