@@ -817,7 +817,8 @@ class Store:
             self._send.send_nowait(_WAKE)  # (a full queue means the writer is busy anyway)
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: commit queued writes in batches until cancelled.
+        """The writer task: commit queued writes in batches until cancelled, or after
+        :meth:`finish_writer` until nothing is left queued.
 
         Each batch (everything queued, up to ``max_batch`` jobs) is one transaction run in
         a worker thread; then every job's waiter is woken.  If a job raises, the batch is
