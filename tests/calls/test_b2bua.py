@@ -688,7 +688,9 @@ async def test_a_reinvite_before_the_callers_ack_gets_491(tmp_path: Path) -> Non
         assert (pending.status, pending.cseq.number) == (491, early.cseq.number)
         await alice.no_request("INVITE", 0.3)
         await call.ack(ok)
-        await trio.sleep(0.1)
+        (bridge,) = server.calls.bridges.values()
+        with trio.fail_after(5):
+            await bridge.caller.pending_ack.wait()  # the server has taken the ACK
         later = callee.request("INVITE", body=sdp("127.0.0.1", 41004))
         await bob.send(later, callee.peer)
         assert b"m=audio 41004" in (await alice.next_request("INVITE")).request.body
