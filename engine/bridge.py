@@ -271,7 +271,7 @@ class Bridge:
         if side.awaiting_ack:
             side.awaiting_ack = False
             if side.bye_held:
-                self._release_held_bye(side)
+                self.release_held_bye(side)
 
     def ack_missing(self, side: Side) -> None:
         """Our 2xx to ``side`` was retransmitted for 64*T1 without an ACK: the dialog
@@ -280,9 +280,11 @@ class Bridge:
         if not self.ended.is_set():
             self.hang_up(by="server", reason=f"No ACK from the {side.name}")
         elif side.bye_held:
-            self._release_held_bye(side)
+            self.release_held_bye(side)
 
-    def _release_held_bye(self, side: Side) -> None:
+    def release_held_bye(self, side: Side) -> None:
+        """Send ``side`` the BYE held for its ACK (also when the server stops and
+        cannot wait for that ACK any longer)."""
         side.bye_held = False
         self._bye(side)
         self.on_release(self, side)

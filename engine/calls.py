@@ -203,6 +203,15 @@ class CallEngine:
             bridge.hang_up(by="server", reason="Server shutting down")
         return len(calls) + len(bridges)
 
+    def send_held_byes(self) -> int:
+        """The last step of a stop: each BYE still held for its side's ACK goes now,
+        since the server will not be there to send it when the ACK comes (RFC 3261 15
+        lets a BYE wait for the ACK, not go missing).  Returns how many went."""
+        held = [(bridge, side) for bridge, side in self.dialogs.values() if side.bye_held]
+        for bridge, side in held:
+            bridge.release_held_bye(side)
+        return len(held)
+
     @staticmethod
     def _stop(call: Call) -> None:
         """The caller gave up before the answer: 487 to its INVITE, and the dialplan and

@@ -145,9 +145,10 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled, then stop in order: end the calls while SIP still
-        runs (BYE, CANCEL, 503), give their messages ``config.stop_grace``, stop the
-        services, and last the store's writer, once it has committed what they queued
-        on their way out (within WRITER_GRACE_SECONDS)."""
+        runs (BYE, CANCEL, 503), give their messages ``config.stop_grace``, send the
+        BYEs still held for an ACK, stop the services, and last the store's writer,
+        once it has committed what they queued on their way out (within
+        WRITER_GRACE_SECONDS)."""
         async with trio.open_nursery() as nursery:
             writer = trio.CancelScope(shield=True)
             services = trio.CancelScope(shield=True)
@@ -158,8 +159,10 @@ class Server:
                 await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True):
-                    if self.sip_address is not None and self.calls.stop():
-                        await trio.sleep(self.config.stop_grace)
+                    if self.sip_address is not None:
+                        if self.calls.stop():
+                            await trio.sleep(self.config.stop_grace)
+                        self.calls.send_held_byes()
                 services.cancel()
                 writer.deadline = trio.current_time() + WRITER_GRACE_SECONDS
 

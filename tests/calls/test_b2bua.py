@@ -847,3 +847,18 @@ async def test_a_stopping_server_ends_its_calls_and_keeps_their_records(
     assert sorted((r[2], r[3], r[4]) for r in rows) == [
         (200, "OK", "Server shutting down (server)"), (503, "Service Unavailable (server shutting down)", None)]
     assert not [r for r in caplog.records if "writer stopped" in r.getMessage()]
+
+
+async def test_a_stopping_server_sends_the_bye_it_held_for_an_ack_that_did_not_come(tmp_path: Path) -> None:
+    # The caller has our 2xx but has not ACKed it when the server stops: its BYE waits
+    # for the ACK through the stop's grace, then goes anyway (no one will be left to
+    # send it when the ACK comes).
+    async with _stoppable_server(tmp_path) as (server, stop):
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": DIAL_DST})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            call = await alice.invite("bob")
+            callee, _ = await _answered_unacked(alice, bob, call, await bob.next_request("INVITE"))
+            stop.cancel()
+            assert (await bob.next_request("BYE")).request.call_id == callee.invite.call_id
+            bye = await alice.next_request("BYE", within=3)
+            assert bye.request.call_id == call.call_id
