@@ -62,6 +62,10 @@ DIALOG_LINGER_SECONDS = 32.0  # an ended bridge still answers retransmitted BYEs
 MAX_CHAIN = 5
 CONCURRENCY_REASON = "Dial plan execution exceeded maximum allowed"
 SHUTDOWN_REASON = "Service Unavailable (server shutting down)"
+# What a caller may send in the early dialog our 18x opened (RFC 3261 20.5: a 405
+# lists the methods that are allowed).
+EARLY_DIALOG_ALLOW = "ACK, BYE, CANCEL"
+EARLY_DIALOG_REASON = "Method Not Allowed (not before the call is answered)"
 
 
 @dataclass(slots=True, eq=False)
@@ -227,12 +231,20 @@ class CallEngine:
         found = self.dialogs.get(key)
         if found is None:
             early = self.early_dialogs.get(key)
-            if early is not None and request.method == "BYE" and early.leg.final_status is None:
-                # RFC 3261 15: a caller may end an early dialog (after our 18x) with BYE
-                # instead of CANCEL; 15.1.2: 200 to it, 487 to the pending INVITE.
+            if early is not None and early.leg.final_status is None:
                 assert self.endpoint is not None
-                self.endpoint.respond(tx, make_response(request, 200))
-                self._stop(early)
+                if request.method == "BYE":
+                    # RFC 3261 15: a caller may end an early dialog (after our 18x) with
+                    # BYE instead of CANCEL; 15.1.2: 200 to it, 487 to the pending INVITE.
+                    self.endpoint.respond(tx, make_response(request, 200))
+                    self._stop(early)
+                else:
+                    # Nothing else crosses before the answer (an INFO with the DTMF for
+                    # a callee's early-media prompt, say).  Not 481: that would tell the
+                    # caller the dialog is gone (12.2.1.2), and it would give up a call
+                    # that is still ringing.
+                    self.endpoint.respond(tx, make_response(
+                        request, 405, EARLY_DIALOG_REASON, headers=(("Allow", EARLY_DIALOG_ALLOW),)))
                 return True
             if key not in self.ended_dialogs:
                 return False

@@ -141,6 +141,25 @@ async def test_a_bye_on_the_early_dialog_ends_the_call_like_a_cancel(tmp_path: P
         assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 481
 
 
+async def test_an_info_on_the_early_dialog_gets_405_and_the_call_rings_on(tmp_path: Path) -> None:
+    # A caller's INFO (DTMF for a callee's early-media prompt) before the answer is not
+    # relayed.  It must not draw a 481, which tells the caller the dialog is gone
+    # (RFC 3261 12.2.1.2): 405 with what is allowed, and the call goes on.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
+        ringing = await alice.next_response(call_id=call.call_id)
+        while ringing.status != 180:
+            ringing = await alice.next_response(call_id=call.call_id)
+        call.final = ringing
+        refused = await call.send_in_dialog("INFO", b"Signal=5\r\nDuration=160\r\n",
+                                            content_type="application/dtmf-relay")
+        assert (refused.status, refused.reason) == (405, "Method Not Allowed (not before the call is answered)")
+        assert refused.headers.get_all("Allow") == ["ACK", "BYE", "CANCEL"]
+        await bob.no_request("INFO", 0.3)
+        await bob.answer(incoming)
+        assert (await alice.final(call)).status == 200
+
+
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
