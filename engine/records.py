@@ -33,6 +33,8 @@ KV_MAX_VALUE = 1024
 #: Characters no key or value may hold (the dialplan API's rule, kept here too: a
 #: worker's own checks are not trusted, and the HTTP API writes the same store).
 KV_FORBIDDEN = re.compile(r"[\r\n\x00]")
+# The hang-up reason of a callee leg whose 2xx came as the caller gave up.
+ANSWERED_AFTER_CANCEL = "Answered after the call was cancelled (server)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,7 +238,7 @@ class CallRecords:
                 return  # written when the bridge ends
             # A 2xx that crossed our CANCEL: the leg hung itself up at once.
             cdr.hungup_at = cdr.answered_at
-            cdr.hangup_reason = "Answered after the call was cancelled (server)"
+            cdr.hangup_reason = ANSWERED_AFTER_CANCEL
             self._write([cdr])
             self._forget(call, leg)
             return

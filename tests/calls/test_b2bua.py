@@ -4,6 +4,7 @@ relay with the NAT fix, duration limits and lost retransmissions."""
 from __future__ import annotations
 
 import functools
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from engine import server as server_module
 from engine.config import ServerConfig
 from engine.server import Server
 from engine.storage import Store
-from sip.message import Request, Response, make_response
+from sip.message import Request, Response, make_cancel, make_response
 from sip.transaction import TransactionLayer
 from tests.calls.helpers import (
     Answered,
@@ -158,6 +159,33 @@ async def test_an_info_on_the_early_dialog_gets_405_and_the_call_rings_on(tmp_pa
         await bob.no_request("INFO", 0.3)
         await bob.answer(incoming)
         assert (await alice.final(call)).status == 200
+
+
+async def test_a_cancel_read_together_with_the_callees_2xx_hangs_the_callee_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The callee answers as the caller gives up, and the server reads both datagrams
+    # in one go, before the dialplan's task can bridge the call: the caller has its
+    # 487 by then, so the answered callee is ACKed and hung up, not left in a call
+    # nobody is in.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        await bob.send(bob.reply(incoming, 180, to_tag="t"), incoming.source)
+        while (await alice.next_response(call_id=call.call_id)).status != 180:
+            pass
+        ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
+        # Sent without a checkpoint between them: both wait in the server's socket.
+        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b, \
+                socket.socket(fileno=os.dup(alice.sock.fileno())) as a:
+            b.sendto(ok.to_bytes(), incoming.source)
+            a.sendto(make_cancel(call.invite).to_bytes(), alice.server)
+        assert (await alice.final(call)).status == 487
+        await bob.next_request("ACK")
+        bye = await bob.next_request("BYE")
+        assert bye.request.call_id == incoming.request.call_id
+        await bob.send(bob.reply(bye, 200), bye.source)
+        rows = await wait_rows(server, "SELECT leg, status, hangup_reason FROM cdrs ORDER BY leg", 2)
+        assert rows == [("callee", 200, "Answered after the call was cancelled (server)"), ("caller", 487, None)]
+        assert not server.calls.bridges and not server.calls.dialogs
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
