@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class CallEngine:
         # The early dialog our 18x open with each running call's caller, by its key
         # (Call-ID, our To tag, the caller's From tag): for a BYE that ends one.
         self.early_dialogs: dict[tuple[str, str, str], Call] = {}
+        # The dialog of each answered leg a bridge has not yet taken (from its 2xx to
+        # the dialplan's task bridging it): requests the callee sends meanwhile wait
+        # on the leg.  Weak: a leg hung up instead of bridged leaves by itself.
+        self.unbridged: weakref.WeakValueDictionary[tuple[str, str, str], OutboundLeg] = (
+            weakref.WeakValueDictionary())
         # (Call-ID, From tag, CSeq number) of each running call's INVITE: a copy of it
         # on another branch is a merged request (RFC 3261 8.2.2.2).
         self.running_invites: set[tuple[str, str, int]] = set()
@@ -245,6 +251,12 @@ class CallEngine:
                     # that is still ringing.
                     self.endpoint.respond(tx, make_response(
                         request, 405, EARLY_DIALOG_REASON, headers=(("Allow", EARLY_DIALOG_ALLOW),)))
+                return True
+            leg = self.unbridged.get(key)
+            if leg is not None and leg.dialog is not None:
+                # The callee's request came with its 2xx, before the bridge (a BYE from a
+                # callee that answers and hangs up at once): the bridge takes it.
+                leg.held_requests.append((tx, request))
                 return True
             if key not in self.ended_dialogs:
                 return False
@@ -439,10 +451,24 @@ class CallEngine:
         bridge.callee_leg = winner
         call.bridge = bridge
         self.join_bridge(bridge, answered=[(bridge.caller, leg)])
+        self.unbridged.pop(winner.dialog.key, None)
         if duration_limit:
             self.nursery.start_soon(bridge.enforce_duration, duration_limit)
         self.publish(call, "call", state="answered", bridge=bridge_id)
         return bridge
+
+    @staticmethod
+    def pass_held_requests(bridge: Bridge, winner: OutboundLeg) -> None:
+        """Give the bridge what the callee sent before it existed (see ``unbridged``):
+        called once the bridge's records are open, since a BYE among them ends it."""
+        held, winner.held_requests = winner.held_requests, []
+        for tx, request in held:
+            bridge.on_request(bridge.callee, tx, request)
+
+    def leg_answered(self, leg: OutboundLeg) -> None:
+        """An OutboundLeg's ``on_answer``: its dialog is routed to it until bridged."""
+        assert leg.dialog is not None
+        self.unbridged[leg.dialog.key] = leg
 
     def join_bridge(self, bridge: Bridge, *, answered: list[tuple[Side, InboundLeg]]) -> None:
         """Route both of ``bridge``'s dialogs to it; retransmit each 2xx we answered a

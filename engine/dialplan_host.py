@@ -332,6 +332,7 @@ class DialplanHost(CallbackMethods):
             self.runner.records.bridge_started(call, bridge, winner, self.runner.wall_clock())
             if leg.answer_response is not None:
                 self.trace_sip("sent", leg.answer_response.to_bytes())
+            self.engine.pass_held_requests(bridge, winner)
             return HostReply(value="Answered", end=True)
         if leg.cancelled.is_set():
             return HostReply(value="ClientCancelled", end=True)
@@ -539,6 +540,7 @@ class DialplanHost(CallbackMethods):
             transport=transport,
             credentials=credentials,
             on_provisional=lambda lg, response: self._progress(lg, response.status, response.reason, response.body),
+            on_answer=engine.leg_answered,
             alternates=alternates,
         )
         leg.start()

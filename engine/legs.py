@@ -231,6 +231,7 @@ class OutboundLeg:
         transport: str = "UDP",
         credentials: Credentials | None = None,
         on_provisional: Callable[[OutboundLeg, Response], None] | None = None,
+        on_answer: Callable[[OutboundLeg], None] | None = None,
         alternates: list[Address] | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -241,6 +242,12 @@ class OutboundLeg:
         self.transport = transport
         self.credentials = credentials
         self.on_provisional = on_provisional
+        # Told of the 2xx that makes the dialog (not of one that crossed our CANCEL).
+        self.on_answer = on_answer
+        # Requests the callee sent in that dialog before a bridge took it over (a BYE
+        # right after its 2xx, read in the same batch): the bridge handles them once
+        # built, or hangup() answers them.
+        self.held_requests: list[tuple[ServerTransaction, Request]] = []
         self.transaction: ClientTransaction | None = None
         self.final: Response | None = None
         self.final_event = trio.Event()
@@ -325,6 +332,8 @@ class OutboundLeg:
                 # no effect and the call is up).  Nobody wants this leg any more and no
                 # one waits on it once cancelled, so end the dialog here (15: BYE).
                 self.hangup(CANCELLED_REASON)
+            elif self.on_answer is not None:
+                self.on_answer(self)
         if self.final is None:
             self._set_final(response)
         if status >= 300:
@@ -495,6 +504,16 @@ class OutboundLeg:
             return
         if self._ack_waiting is not None:
             self.answer_late_offer(b"")  # no answer will come: the 2xx is ACKed bare first
+        held, self.held_requests = self.held_requests, []
+        if any(request.method == "BYE" for _, request in held):
+            # The callee ended the dialog first: its BYE gets its 200, and ours is not sent.
+            for tx, request in held:
+                self.endpoint.respond(tx, make_response(request, 200) if request.method == "BYE"
+                                      else make_response(request, 481, "Call has ended"))
+            self.dialog = None
+            return
+        for tx, request in held:
+            self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
         self._bye_in(self.dialog, reason)
         self.dialog = None
 

@@ -188,6 +188,44 @@ async def test_a_cancel_read_together_with_the_callees_2xx_hangs_the_callee_up(
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
+async def test_a_callee_answering_and_hanging_up_at_once_is_relayed_as_such(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The callee's 2xx and its BYE are read in one go, before the dialplan's task has
+    # bridged the call: the BYE waits for the bridge (it used to get 481, and the
+    # caller stayed in a call with nobody), so the caller gets the answer, then a BYE.
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
+        callee = Answered(phone=bob, invite=incoming.request, ok=ok, peer=incoming.source, local_tag="t")
+        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b:
+            b.sendto(ok.to_bytes(), incoming.source)
+            b.sendto(callee.request("BYE").to_bytes(), incoming.source)
+        assert (await bob.next_response(call_id=incoming.request.call_id, method="BYE", final=True)).status == 200
+        assert (await alice.final(call)).status == 200
+        bye = await alice.next_request("BYE")
+        assert bye.request.call_id == call.call_id
+        await alice.send(alice.reply(bye, 200), bye.source)
+        await bob.no_request("BYE", 0.3)
+        rows = await wait_rows(server, "SELECT leg, status, hangup_reason FROM cdrs ORDER BY leg", 2)
+        assert rows == [("callee", 200, "BYE from callee"), ("caller", 200, "BYE from callee")]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_callee_bye_read_with_its_2xx_and_the_callers_cancel_gets_200(tmp_path: Path) -> None:
+    # All three at once: the caller has its 487, the callee's BYE its 200, and no BYE
+    # of ours follows (the callee ended its dialog itself).
+    async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
+        ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
+        callee = Answered(phone=bob, invite=incoming.request, ok=ok, peer=incoming.source, local_tag="t")
+        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b, \
+                socket.socket(fileno=os.dup(alice.sock.fileno())) as a:
+            b.sendto(ok.to_bytes(), incoming.source)
+            b.sendto(callee.request("BYE").to_bytes(), incoming.source)
+            a.sendto(make_cancel(call.invite).to_bytes(), alice.server)
+        assert (await alice.final(call)).status == 487
+        assert (await bob.next_response(call_id=incoming.request.call_id, method="BYE", final=True)).status == 200
+        await bob.no_request("BYE", 0.5)
+
+
 async def test_late_2xx_is_acknowledged_and_hung_up(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": ("in", None), "b1": (None, None), "b2": (None, None)},
