@@ -521,7 +521,17 @@ class CallbackMethods:
             self._callback_event(account, "failed", dest1, "the first destination did not answer")
             return
         first_answer = fix_sdp(first.final.body, first.destination)
-        second = await self._ring(owner, dest2, first_answer, caller_user=_user_of(dest1))
+        second = await self._ring_while_up(first, owner, dest2, first_answer, caller_user=_user_of(dest1))
+        if first.bye_held is not None and first.bye_held.is_set():
+            # The first phone hung up while the second rang: the ringing stopped, and
+            # its BYE gets its 200 now.
+            first.hangup()
+            records.leg_hung_up(owner, first, "BYE from callee", self.runner.wall_clock())
+            if second is not None:
+                second.hangup(reason_value(487, "The other party hung up"))
+                records.leg_hung_up(owner, second, "The other party hung up (server)", self.runner.wall_clock())
+            self._callback_event(account, "failed", dest1, "the first destination hung up")
+            return
         if second is None or second.final is None or second.dialog is None or first.dialog is None:
             first.hangup(reason_value(480, "The other party did not answer"))
             records.leg_hung_up(owner, first, "The other party did not answer (server)", self.runner.wall_clock())
@@ -540,6 +550,11 @@ class CallbackMethods:
         engine.bridges[bridge_id] = bridge
         engine.dialogs[first.dialog.key] = (bridge, bridge.caller)
         engine.dialogs[second.dialog.key] = (bridge, bridge.callee)
+        engine.pass_held_requests(bridge, bridge.caller, first)
+        engine.pass_held_requests(bridge, bridge.callee, second)
+        if bridge.ended.is_set():
+            self._callback_event(account, "failed", dest2, "the second destination hung up")
+            return
         # Now the first phone learns where the second one's media is.
         body = with_origin(fix_sdp(second.final.body, second.destination), offer)
         reinvite = request_in(engine.endpoint, first.dialog, "INVITE", body=body, content_type="application/sdp")
@@ -553,6 +568,24 @@ class CallbackMethods:
             self._callback_event(account, "failed", dest1, f"re-INVITE answered {context.status}")
             return
         self._callback_event(account, "answered", f"{dest1} <-> {dest2}", "bridged", bridge=bridge_id)
+
+    async def _ring_while_up(self, first: OutboundLeg, owner: Placed, dest: str, body: bytes, *,
+                             caller_user: str) -> OutboundLeg | None:
+        """:meth:`_ring` the second destination, stopped if the answered ``first`` leg
+        hangs up meanwhile (its BYE is held on it: ``bye_held``)."""
+        first.bye_held = trio.Event()
+        if any(request.method == "BYE" for _, request in first.held_requests):
+            first.bye_held.set()  # (a BYE that came with its 2xx)
+        answered: list[OutboundLeg | None] = [None]
+        async with trio.open_nursery() as nursery:
+            async def ring() -> None:
+                answered[0] = await self._ring(owner, dest, body, caller_user=caller_user)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ring)
+            await first.bye_held.wait()
+            nursery.cancel_scope.cancel()
+        return answered[0]
 
     async def _ring(self, owner: Placed, dest: str, body: bytes, *, caller_user: str) -> OutboundLeg | None:
         """Ring one destination (every binding of a local account in parallel) offering
@@ -657,7 +690,7 @@ class CallbackMethods:
             self.trace_line(f"Callback: cannot call {uri}: {exc}")
             return None
         leg = OutboundLeg(endpoint=engine.endpoint, request=invite, destination=destination, transport=transport,
-                          credentials=credentials)
+                          credentials=credentials, on_answer=engine.leg_answered)
         leg.start()
         return leg
 

@@ -257,6 +257,8 @@ class CallEngine:
                 # The callee's request came with its 2xx, before the bridge (a BYE from a
                 # callee that answers and hangs up at once): the bridge takes it.
                 leg.held_requests.append((tx, request))
+                if request.method == "BYE" and leg.bye_held is not None:
+                    leg.bye_held.set()
                 return True
             if key not in self.ended_dialogs:
                 return False
@@ -458,12 +460,13 @@ class CallEngine:
         return bridge
 
     @staticmethod
-    def pass_held_requests(bridge: Bridge, winner: OutboundLeg) -> None:
-        """Give the bridge what the callee sent before it existed (see ``unbridged``):
-        called once the bridge's records are open, since a BYE among them ends it."""
-        held, winner.held_requests = winner.held_requests, []
+    def pass_held_requests(bridge: Bridge, side: Side, leg: OutboundLeg) -> None:
+        """Give the bridge what ``leg``'s callee (now ``side``) sent before the bridge
+        existed (see ``unbridged``): called once the bridge's records are open, since a
+        BYE among them ends it."""
+        held, leg.held_requests = leg.held_requests, []
         for tx, request in held:
-            bridge.on_request(bridge.callee, tx, request)
+            bridge.on_request(side, tx, request)
 
     def leg_answered(self, leg: OutboundLeg) -> None:
         """An OutboundLeg's ``on_answer``: its dialog is routed to it until bridged."""

@@ -248,6 +248,9 @@ class OutboundLeg:
         # right after its 2xx, read in the same batch): the bridge handles them once
         # built, or hangup() answers them.
         self.held_requests: list[tuple[ServerTransaction, Request]] = []
+        # Set (when someone made it) as the callee's BYE is held: a caller of ours that
+        # waits for something else before bridging this leg (sys.Callback) need not.
+        self.bye_held: trio.Event | None = None
         self.transaction: ClientTransaction | None = None
         self.final: Response | None = None
         self.final_event = trio.Event()

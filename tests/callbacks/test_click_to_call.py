@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 
+from sip.message import make_response
 from tests.callbacks.ua import provision, running_server, sdp, user_agents
 from tests.calls.helpers import wait_rows
 
@@ -70,4 +71,31 @@ async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path:
             hung_up = await wait_rows(server, "SELECT status, hangup_reason FROM cdrs WHERE call_id = ?", 1,
                                       (first.call_id,))
             assert hung_up == [(200, "The other party did not answer (server)")]
+            assert server.runner.records._open == {}
+
+
+async def test_the_first_phone_hanging_up_while_the_second_rings_stops_the_callback(tmp_path: Path) -> None:
+    # Its BYE used to draw 481 (the answered leg was not yet in a bridge), and the
+    # second phone went on ringing, to be joined to a call that was gone.
+    async with running_server(tmp_path) as server:
+        provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
+                  {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
+        assert server.sip_address is not None
+        async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
+            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            first, source1 = await bob.request("INVITE")
+            bob_dialog = await bob.answer(first, source1, sdp(41000))
+            await bob.request("ACK")
+            second, source2 = await carol.request("INVITE")
+            await carol.send(make_response(second, 180, to_tag="c"), source2)  # (a CANCEL needs a 1xx: 9.1)
+            assert (await bob_dialog.bye()).status == 200
+            cancel, source3 = await carol.request("CANCEL")
+            assert cancel.call_id == second.call_id
+            await carol.ok(cancel, source3)
+            await carol.send(make_response(second, 487, to_tag="c"), source2)
+            await carol.request("ACK")
+            await bob.no_request("BYE", 0.3)
+            rows = await wait_rows(server, "SELECT to_uri, status, hangup_reason FROM cdrs WHERE leg = 'callee' "
+                                   "ORDER BY created", 2)
+            assert [(r[1], r[2]) for r in rows] == [(200, "BYE from callee"), (487, None)]
             assert server.runner.records._open == {}
