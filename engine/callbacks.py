@@ -522,7 +522,7 @@ class CallbackMethods:
             return
         first_answer = fix_sdp(first.final.body, first.destination)
         second = await self._ring_while_up(first, owner, dest2, first_answer, caller_user=_user_of(dest1))
-        if first.bye_held is not None and first.bye_held.is_set():
+        if first.long_wait is not None and first.long_wait.is_set():
             # The first phone hung up while the second rang: the ringing stopped, and
             # its BYE gets its 200 now.
             first.hangup()
@@ -572,10 +572,10 @@ class CallbackMethods:
     async def _ring_while_up(self, first: OutboundLeg, owner: Placed, dest: str, body: bytes, *,
                              caller_user: str) -> OutboundLeg | None:
         """:meth:`_ring` the second destination, stopped if the answered ``first`` leg
-        hangs up meanwhile (its BYE is held on it: ``bye_held``)."""
-        first.bye_held = trio.Event()
+        hangs up meanwhile (its BYE is held on it: ``long_wait``)."""
+        first.long_wait = trio.Event()
         if any(request.method == "BYE" for _, request in first.held_requests):
-            first.bye_held.set()  # (a BYE that came with its 2xx)
+            first.long_wait.set()  # (a BYE that came with its 2xx)
         answered: list[OutboundLeg | None] = [None]
         async with trio.open_nursery() as nursery:
             async def ring() -> None:
@@ -583,7 +583,7 @@ class CallbackMethods:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(ring)
-            await first.bye_held.wait()
+            await first.long_wait.wait()
             nursery.cancel_scope.cancel()
         return answered[0]
 

@@ -38,7 +38,7 @@ from engine.records import Placed
 from engine.registrar import Registrar
 from engine.storage import Account, Store
 from sip.errors import SIPParseError
-from sip.message import Request, make_response, new_tag
+from sip.message import Request, Response, make_response, new_tag
 from sip.transaction import (
     AckReceived,
     Action,
@@ -67,6 +67,16 @@ SHUTDOWN_REASON = "Service Unavailable (server shutting down)"
 # lists the methods that are allowed).
 EARLY_DIALOG_ALLOW = "ACK, BYE, CANCEL"
 EARLY_DIALOG_REASON = "Method Not Allowed (not before the call is answered)"
+
+
+def _not_yet_connected(request: Request) -> Response:
+    """The answer to a request in a dialog whose bridge is not built yet: 491 for an
+    offer (RFC 3261 14.1 and RFC 3311 5.2: tried again after a random wait), 405 for
+    anything else (20.5: with what is allowed)."""
+    if request.method in ("INVITE", "UPDATE"):
+        return make_response(request, 491, "Request Pending")
+    return make_response(request, 405, "Method Not Allowed (not before the call is connected)",
+                         headers=(("Allow", "ACK, BYE"),))
 
 
 @dataclass(slots=True, eq=False)
@@ -254,11 +264,17 @@ class CallEngine:
                 return True
             leg = self.unbridged.get(key)
             if leg is not None and leg.dialog is not None:
+                assert self.endpoint is not None
+                if leg.long_wait is not None and request.method != "BYE":
+                    # Too long a wait to hold a request for (its sender would give up
+                    # and end the dialog): tried again later, or refused, at once.
+                    self.endpoint.respond(tx, _not_yet_connected(request))
+                    return True
                 # The callee's request came with its 2xx, before the bridge (a BYE from a
                 # callee that answers and hangs up at once): the bridge takes it.
                 leg.held_requests.append((tx, request))
-                if request.method == "BYE" and leg.bye_held is not None:
-                    leg.bye_held.set()
+                if request.method == "BYE" and leg.long_wait is not None:
+                    leg.long_wait.set()
                 return True
             if key not in self.ended_dialogs:
                 return False

@@ -248,9 +248,10 @@ class OutboundLeg:
         # right after its 2xx, read in the same batch): the bridge handles them once
         # built, or hangup() answers them.
         self.held_requests: list[tuple[ServerTransaction, Request]] = []
-        # Set (when someone made it) as the callee's BYE is held: a caller of ours that
-        # waits for something else before bridging this leg (sys.Callback) need not.
-        self.bye_held: trio.Event | None = None
+        # Made by a caller of ours that waits long before bridging this leg (sys.Callback,
+        # while its second destination rings), and set if the callee's BYE comes
+        # meanwhile.  Other requests are then answered at once instead of held.
+        self.long_wait: trio.Event | None = None
         self.transaction: ClientTransaction | None = None
         self.final: Response | None = None
         self.final_event = trio.Event()

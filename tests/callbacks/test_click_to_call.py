@@ -99,3 +99,26 @@ async def test_the_first_phone_hanging_up_while_the_second_rings_stops_the_callb
                                    "ORDER BY created", 2)
             assert [(r[1], r[2]) for r in rows] == [(200, "BYE from callee"), (487, None)]
             assert server.runner.records._open == {}
+
+
+async def test_the_first_phone_s_requests_while_the_second_rings_are_answered_at_once(tmp_path: Path) -> None:
+    # Held until the bridge (up to 60 s of ringing), a re-INVITE would time out at the
+    # phone, which would then end its call: it gets 491 (try again later) instead, and
+    # an INFO 405; the callback goes on.
+    async with running_server(tmp_path) as server:
+        provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
+                  {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
+        assert server.sip_address is not None
+        async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
+            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            first, source1 = await bob.request("INVITE")
+            bob_dialog = await bob.answer(first, source1, sdp(41000))
+            await bob.request("ACK")
+            second, source2 = await carol.request("INVITE")
+            for method, status in (("INVITE", 491), ("INFO", 405)):
+                await bob.send(bob_dialog.request(method), bob_dialog.peer)
+                answer = await bob.response(bob_dialog.call_id, method, seconds=2)
+                assert answer.status == status
+            await carol.answer(second, source2, sdp(43000))
+            reinvite, source3 = await bob.request("INVITE")
+            assert b"m=audio 43000" in reinvite.body
