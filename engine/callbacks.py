@@ -525,16 +525,14 @@ class CallbackMethods:
         if first.long_wait is not None and first.long_wait.is_set():
             # The first phone hung up while the second rang: the ringing stopped, and
             # its BYE gets its 200 now.
-            first.hangup()
-            records.leg_hung_up(owner, first, "BYE from callee", self.runner.wall_clock())
+            first.hangup()  # (its BYE is answered: the record says "BYE from callee")
             if second is not None:
-                second.hangup(reason_value(487, "The other party hung up"))
-                records.leg_hung_up(owner, second, "The other party hung up (server)", self.runner.wall_clock())
+                second.hangup(reason_value(487, "The other party hung up"), note="The other party hung up (server)")
             self._callback_event(account, "failed", dest1, "the first destination hung up")
             return
         if second is None or second.final is None or second.dialog is None or first.dialog is None:
-            first.hangup(reason_value(480, "The other party did not answer"))
-            records.leg_hung_up(owner, first, "The other party did not answer (server)", self.runner.wall_clock())
+            first.hangup(reason_value(480, "The other party did not answer"),
+                         note="The other party did not answer (server)")
             self._callback_event(account, "failed", dest2, "the second destination did not answer")
             return
         bridge_id = new_tag() + new_tag()

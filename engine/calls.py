@@ -485,9 +485,12 @@ class CallEngine:
             bridge.on_request(side, tx, request)
 
     def leg_answered(self, leg: OutboundLeg) -> None:
-        """An OutboundLeg's ``on_answer``: its dialog is routed to it until bridged."""
+        """An OutboundLeg's ``on_answer``: its dialog is routed to it until bridged; if
+        it is hung up instead, its dialog is an ended one (a BYE crossing ours: 200)."""
         assert leg.dialog is not None
-        self.unbridged[leg.dialog.key] = leg
+        key = leg.dialog.key
+        self.unbridged[key] = leg
+        leg.when_hung_up(lambda why: self._linger((key,)))
 
     def join_bridge(self, bridge: Bridge, *, answered: list[tuple[Side, InboundLeg]]) -> None:
         """Route both of ``bridge``'s dialogs to it; retransmit each 2xx we answered a
@@ -525,15 +528,19 @@ class CallEngine:
         for a while, so a late BYE gets its 200 (and anything else its 481); only its
         key is kept, not the bridge (one queue and one task for all of them, not a
         sleeping task each)."""
-        assert self.nursery is not None
         keys = []
         for side in sides:
             key = side.dialog.key
             if self.dialogs.get(key, (None,))[0] is bridge:
                 del self.dialogs[key]
-                self.ended_dialogs.add(key)
                 keys.append(key)
-        self._ended_queue.append((trio.current_time() + DIALOG_LINGER_SECONDS, tuple(keys)))
+        self._linger(tuple(keys))
+
+    def _linger(self, keys: tuple[tuple[str, str, str], ...]) -> None:
+        """Known as ended dialogs for DIALOG_LINGER_SECONDS."""
+        assert self.nursery is not None
+        self.ended_dialogs.update(keys)
+        self._ended_queue.append((trio.current_time() + DIALOG_LINGER_SECONDS, keys))
         if not self._forgetting:
             self._forgetting = True
             self.nursery.start_soon(self._forget_ended_dialogs)

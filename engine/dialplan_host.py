@@ -28,6 +28,7 @@ from engine.dialstring import (
 )
 from engine.forking import Forker, PlannedLeg, caller_answer
 from engine.legs import (
+    ANSWERED_AFTER_CANCEL,
     Credentials,
     InboundLeg,
     OutboundLeg,
@@ -37,7 +38,7 @@ from engine.legs import (
     reason_value,
 )
 from engine.mailer import MailLimits
-from engine.records import ANSWERED_AFTER_CANCEL, CallRecords, Provider
+from engine.records import CallRecords, Provider
 from engine.storage import Account, Binding
 from sandbox import ExecutionResult, HostReply, Outcome, PlainValue
 from sip.headers import TOKEN, NameAddr
@@ -316,16 +317,14 @@ class DialplanHost(CallbackMethods):
                 # A web callback has no caller to bridge the answer to (sys.Callback is
                 # the way to join two legs from a URL): end the answered leg.
                 self.trace_line(f"Dial answered, but a {leg.transport} call has no caller to bridge to; hanging up.")
-                winner.hangup(reason_value(480, "No caller to bridge to"))
-                self.runner.records.leg_hung_up(call, winner, "No caller to bridge to (server)", self.runner.wall_clock())
+                winner.hangup(reason_value(480, "No caller to bridge to"), note="No caller to bridge to (server)")
                 return HostReply(value="Answered", end=True)
             if leg.final_status is not None:
                 # The caller's CANCEL (or the server's stop) was taken in the same
                 # moment as the winner's 2xx, before this task could bridge them: the
                 # caller has its 487 (503), so the answered leg is hung up.
                 self.trace_line("Dial answered, but the caller had already gone; hanging up.")
-                winner.hangup()
-                self.runner.records.leg_hung_up(call, winner, ANSWERED_AFTER_CANCEL, self.runner.wall_clock())
+                winner.hangup(note=ANSWERED_AFTER_CANCEL)
                 return HostReply(value="ClientCancelled", end=True)
             duration = float(limit) if limit > 0 else (outcome.winner_plan.duration_limit if outcome.winner_plan else None)
             bridge = self.engine.bridge(call, winner, fix_sdp(winner.final.body, winner.destination), duration)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from engine.bridge import fix_sdp
-from engine.legs import CANCELLED_REASON, OutboundLeg
+from engine.legs import ANSWERED_ELSEWHERE, CANCELLED_REASON, OutboundLeg
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Forker:
             if 200 <= final.status < 300:
                 if result:
                     # A late 2xx: acknowledged by the leg already; hang it up.
-                    leg.hangup(CANCELLED_REASON)
+                    leg.hangup(CANCELLED_REASON, note=ANSWERED_ELSEWHERE)
                     return
                 self.trace(f"Dial leg to {plan.description} answered.")
                 self.winner = leg

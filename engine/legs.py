@@ -58,6 +58,10 @@ def reason_value(cause: int, text: str) -> str:
 MAX_OTHER_ANSWERS = 8
 # For a leg given up because the call went elsewhere.
 CANCELLED_REASON = reason_value(200, "Call completed elsewhere")
+# Why an answered leg outside a bridge was hung up, for its call record.
+ANSWERED_AFTER_CANCEL = "Answered after the call was cancelled (server)"
+ANSWERED_AFTER_DIAL = "Answered after the Dial ended (server)"
+ANSWERED_ELSEWHERE = "Call completed elsewhere (server)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,7 +246,8 @@ class OutboundLeg:
         self.transport = transport
         self.credentials = credentials
         self.on_provisional = on_provisional
-        # Told of the 2xx that makes the dialog (not of one that crossed our CANCEL).
+        # Told of the 2xx that makes the dialog (also of one that crossed our CANCEL,
+        # before the leg hangs it up).
         self.on_answer = on_answer
         # Requests the callee sent in that dialog before a bridge took it over (a BYE
         # right after its 2xx, read in the same batch): the bridge handles them once
@@ -256,6 +261,7 @@ class OutboundLeg:
         self.final: Response | None = None
         self.final_event = trio.Event()
         self._on_final: list[Callable[[Response], None]] = []
+        self._on_hung_up: list[Callable[[str], None]] = []
         self.dialog: Dialog | None = None
         self.cancel_requested = False
         self.provisional: Response | None = None
@@ -331,13 +337,16 @@ class OutboundLeg:
                 self.request, response, flow=self.destination, transport=self.transport, contact=self._contact()
             )
             self._acknowledge(response)
+            if self.final is None:
+                self._set_final(response)
+            if self.on_answer is not None:
+                self.on_answer(self)
             if self.cancel_requested:
                 # Our CANCEL crossed the callee's 2xx (RFC 3261 9.1: the CANCEL then has
                 # no effect and the call is up).  Nobody wants this leg any more and no
                 # one waits on it once cancelled, so end the dialog here (15: BYE).
-                self.hangup(CANCELLED_REASON)
-            elif self.on_answer is not None:
-                self.on_answer(self)
+                self.hangup(CANCELLED_REASON, note=ANSWERED_AFTER_CANCEL)
+            return
         if self.final is None:
             self._set_final(response)
         if status >= 300:
@@ -381,6 +390,11 @@ class OutboundLeg:
         callbacks, self._on_final = self._on_final, []
         for callback in callbacks:
             callback(response)
+
+    def when_hung_up(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(why)`` when :meth:`hangup` ends this leg's dialog outside a
+        bridge (a bridge ends its dialogs itself), with ``why`` for its record."""
+        self._on_hung_up.append(callback)
 
     def when_final(self, callback: Callable[[Response], None]) -> None:
         """Call ``callback(final response)`` once it is known (at once if it is); a
@@ -500,10 +514,11 @@ class OutboundLeg:
         if self.final is None and self.transaction is not None:
             self.endpoint.perform(self.endpoint.layer.cancel(self.transaction, trio.current_time()))
         elif self.dialog is not None:
-            self.hangup()
+            self.hangup(note=ANSWERED_AFTER_DIAL)
 
-    def hangup(self, reason: str | None = None) -> None:
-        """Send BYE in the dialog (fire and forget: its transaction retransmits)."""
+    def hangup(self, reason: str | None = None, *, note: str = ANSWERED_AFTER_DIAL) -> None:
+        """Send BYE in the dialog (fire and forget: its transaction retransmits), with
+        ``reason`` as its Reason header (RFC 3326); ``note`` is why, for the record."""
         if self.dialog is None:
             return
         if self._ack_waiting is not None:
@@ -514,12 +529,15 @@ class OutboundLeg:
             for tx, request in held:
                 self.endpoint.respond(tx, make_response(request, 200) if request.method == "BYE"
                                       else make_response(request, 481, "Call has ended"))
-            self.dialog = None
-            return
-        for tx, request in held:
-            self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
-        self._bye_in(self.dialog, reason)
+            note = "BYE from callee"
+        else:
+            for tx, request in held:
+                self.endpoint.respond(tx, make_response(request, 481, "Call has ended"))
+            self._bye_in(self.dialog, reason)
         self.dialog = None
+        callbacks, self._on_hung_up = self._on_hung_up, []
+        for callback in callbacks:
+            callback(note)
 
     async def wait_final(self) -> Response | None:
         """Wait for the final response (a timeout arrives as a synthesized 408)."""

@@ -15,6 +15,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import trio
+
 from engine.storage import Insert, StorageError, Store
 from sip.message import random_hex
 
@@ -33,8 +35,6 @@ KV_MAX_VALUE = 1024
 #: Characters no key or value may hold (the dialplan API's rule, kept here too: a
 #: worker's own checks are not trusted, and the HTTP API writes the same store).
 KV_FORBIDDEN = re.compile(r"[\r\n\x00]")
-# The hang-up reason of a callee leg whose 2xx came as the caller gave up.
-ANSWERED_AFTER_CANCEL = "Answered after the call was cancelled (server)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +102,7 @@ class _CDR:
     reason: str | None = None
     hangup_reason: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    written: bool = False  # (each record is written once, whichever path ends it)
 
 
 @dataclass(eq=False, slots=True)
@@ -227,6 +228,7 @@ class CallRecords:
         )
         self._open[id(call)].append((leg, cdr))
         leg.when_final(lambda final: self._leg_final(call, leg, cdr, final))
+        leg.when_hung_up(lambda why: self._leg_hung_up(call, leg, cdr, why))
 
     def _leg_final(self, call: Call | Placed, leg: OutboundLeg, cdr: _CDR, final: Response) -> None:
         cdr.status = final.status
@@ -234,30 +236,21 @@ class CallRecords:
         cdr.progress_at = _wall(leg.progress_at, leg.started_at, cdr.created)
         if 200 <= final.status < 300:
             cdr.answered_at = _wall(leg.answered_at, leg.started_at, cdr.created)
-            if not (leg.cancel_requested and leg.dialog is None):
-                return  # written when the bridge ends
-            # A 2xx that crossed our CANCEL: the leg hung itself up at once.
-            cdr.hungup_at = cdr.answered_at
-            cdr.hangup_reason = ANSWERED_AFTER_CANCEL
-            self._write([cdr])
-            self._forget(call, leg)
-            return
+            return  # written when its bridge ends, or when it is hung up outside one
         cdr.hungup_at = cdr.created if cdr.answered_at is None else cdr.answered_at
         self._write([cdr])
         self._forget(call, leg)
 
-    def leg_hung_up(self, call: Call | Placed, leg: OutboundLeg, reason: str, now: float) -> None:
-        """An answered leg that was never bridged (a web callback's, a click-to-call's
-        whose other party did not answer) was hung up."""
-        for owner, cdr in self._open.get(id(call), []):
-            if owner is leg:
-                cdr.status = 200
-                cdr.answered_at = cdr.answered_at or now
-                cdr.hungup_at = now
-                cdr.hangup_reason = reason
-                self._forget(call, leg)
-                self._write([cdr])
-                return
+    def _leg_hung_up(self, call: Call | Placed, leg: OutboundLeg, cdr: _CDR, why: str) -> None:
+        """An answered leg was hung up outside a bridge (a 2xx that crossed our CANCEL,
+        a late 2xx of a fork, a Dial's winner whose caller had gone, a web callback's,
+        a click-to-call's whose other party did not answer)."""
+        if cdr.bridge_id is not None:
+            return
+        cdr.hungup_at = _wall(trio.current_time(), leg.started_at, cdr.created)
+        cdr.hangup_reason = why
+        self._write([cdr])
+        self._forget(call, leg)
 
     def bridge_started(self, call: Call, bridge: Bridge, winner: OutboundLeg, now: float) -> None:
         self._bridge_caller(call, bridge, now)
@@ -316,6 +309,9 @@ class CallRecords:
 
     def _write(self, cdrs: list[_CDR]) -> None:
         for c in cdrs:
+            if c.written:
+                continue
+            c.written = True
             row = (
                 c.id, c.customer_id, c.bridge_id, c.call_id, c.direction, c.leg, c.from_uri, c.to_uri, c.created,
                 c.progress_at, c.answered_at, c.hungup_at, c.status, c.reason, c.hangup_reason,
