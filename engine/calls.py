@@ -480,8 +480,7 @@ class CallEngine:
         """Give the bridge what ``leg``'s callee (now ``side``) sent before the bridge
         existed (see ``unbridged``): called once the bridge's records are open, since a
         BYE among them ends it."""
-        held, leg.held_requests = leg.held_requests, []
-        for tx, request in held:
+        for tx, request in leg.take_held_requests():
             bridge.on_request(side, tx, request)
 
     def leg_answered(self, leg: OutboundLeg) -> None:

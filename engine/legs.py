@@ -387,9 +387,19 @@ class OutboundLeg:
     def _set_final(self, response: Response) -> None:
         self.final = response
         self.final_event.set()
+        if response.status >= 300:
+            self._on_hung_up = []  # (no dialog to hang up; and the callbacks refer to us)
         callbacks, self._on_final = self._on_final, []
         for callback in callbacks:
             callback(response)
+
+    def take_held_requests(self) -> list[tuple[ServerTransaction, Request]]:
+        """The leg is bridged: what its callee sent before (``held_requests``) is the
+        bridge's now, and the bridge ends the dialog, so no hang-up is reported (the
+        callbacks are dropped: they refer to this leg, and must not keep it alive)."""
+        held, self.held_requests = self.held_requests, []
+        self._on_hung_up = []
+        return held
 
     def when_hung_up(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(why)`` when :meth:`hangup` ends this leg's dialog outside a
