@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
-from sip.message import make_response
-from tests.callbacks.ua import provision, running_server, sdp, user_agents
+from engine.server import Server
+from sip.message import Request, make_response
+from tests.callbacks.ua import UA, Dialog, provision, running_server, sdp, user_agents
 from tests.calls.helpers import wait_rows
 
 
@@ -74,9 +77,10 @@ async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path:
             assert server.runner.records._open == {}
 
 
-async def test_the_first_phone_hanging_up_while_the_second_rings_stops_the_callback(tmp_path: Path) -> None:
-    # Its BYE used to draw 481 (the answered leg was not yet in a bridge), and the
-    # second phone went on ringing, to be joined to a call that was gone.
+@asynccontextmanager
+async def _second_ringing(tmp_path: Path) -> AsyncIterator[tuple[Server, UA, UA, Dialog, Request, tuple[str, int]]]:
+    """A sys.Callback whose first phone (bob) has answered and whose second (carol) has
+    its INVITE: (server, bob, carol, bob's dialog, carol's INVITE and its source)."""
     async with running_server(tmp_path) as server:
         provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
                   {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
@@ -87,38 +91,36 @@ async def test_the_first_phone_hanging_up_while_the_second_rings_stops_the_callb
             bob_dialog = await bob.answer(first, source1, sdp(41000))
             await bob.request("ACK")
             second, source2 = await carol.request("INVITE")
-            await carol.send(make_response(second, 180, to_tag="c"), source2)  # (a CANCEL needs a 1xx: 9.1)
-            assert (await bob_dialog.bye()).status == 200
-            cancel, source3 = await carol.request("CANCEL")
-            assert cancel.call_id == second.call_id
-            await carol.ok(cancel, source3)
-            await carol.send(make_response(second, 487, to_tag="c"), source2)
-            await carol.request("ACK")
-            await bob.no_request("BYE", 0.3)
-            rows = await wait_rows(server, "SELECT to_uri, status, hangup_reason FROM cdrs WHERE leg = 'callee' "
-                                   "ORDER BY created", 2)
-            assert [(r[1], r[2]) for r in rows] == [(200, "BYE from callee"), (487, None)]
-            assert server.runner.records._open == {}
+            yield server, bob, carol, bob_dialog, second, source2
+
+
+async def test_the_first_phone_hanging_up_while_the_second_rings_stops_the_callback(tmp_path: Path) -> None:
+    # Its BYE used to draw 481 (the answered leg was not yet in a bridge), and the
+    # second phone went on ringing, to be joined to a call that was gone.
+    async with _second_ringing(tmp_path) as (server, bob, carol, bob_dialog, second, source2):
+        await carol.send(make_response(second, 180, to_tag="c"), source2)  # (a CANCEL needs a 1xx: 9.1)
+        assert (await bob_dialog.bye()).status == 200
+        cancel, source3 = await carol.request("CANCEL")
+        assert cancel.call_id == second.call_id
+        await carol.ok(cancel, source3)
+        await carol.send(make_response(second, 487, to_tag="c"), source2)
+        await carol.request("ACK")
+        await bob.no_request("BYE", 0.3)
+        rows = await wait_rows(server, "SELECT to_uri, status, hangup_reason FROM cdrs WHERE leg = 'callee' "
+                               "ORDER BY created", 2)
+        assert [(r[1], r[2]) for r in rows] == [(200, "BYE from callee"), (487, None)]
+        assert server.runner.records._open == {}
 
 
 async def test_the_first_phone_s_requests_while_the_second_rings_are_answered_at_once(tmp_path: Path) -> None:
     # Held until the bridge (up to 60 s of ringing), a re-INVITE would time out at the
     # phone, which would then end its call: it gets 491 (try again later) instead, and
     # an INFO 405; the callback goes on.
-    async with running_server(tmp_path) as server:
-        provision(server, "acme", {"alice": (None, "out"), "bob": (None, None), "carol": (None, None)},
-                  {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
-        assert server.sip_address is not None
-        async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
-            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
-            first, source1 = await bob.request("INVITE")
-            bob_dialog = await bob.answer(first, source1, sdp(41000))
-            await bob.request("ACK")
-            second, source2 = await carol.request("INVITE")
-            for method, status in (("INVITE", 491), ("INFO", 405)):
-                await bob.send(bob_dialog.request(method), bob_dialog.peer)
-                answer = await bob.response(bob_dialog.call_id, method, seconds=2)
-                assert answer.status == status
-            await carol.answer(second, source2, sdp(43000))
-            reinvite, source3 = await bob.request("INVITE")
-            assert b"m=audio 43000" in reinvite.body
+    async with _second_ringing(tmp_path) as (_, bob, carol, bob_dialog, second, source2):
+        for method, status in (("INVITE", 491), ("INFO", 405)):
+            await bob.send(bob_dialog.request(method), bob_dialog.peer)
+            answer = await bob.response(bob_dialog.call_id, method, seconds=2)
+            assert answer.status == status
+        await carol.answer(second, source2, sdp(43000))
+        reinvite, source3 = await bob.request("INVITE")
+        assert b"m=audio 43000" in reinvite.body

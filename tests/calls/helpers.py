@@ -461,3 +461,21 @@ async def phones(server: Server, *users: str, register: bool = True) -> AsyncIte
             for phone in started:
                 phone.close()
             nursery.cancel_scope.cancel()
+
+
+async def ring(caller: Phone, callee: Phone, call: Call, incoming: Incoming, to_tag: str) -> Response:
+    """``callee`` rings (180 to ``incoming``, the INVITE of ``call``) and the caller waits
+    for that 180; returns it (its To tag names the early dialog it opened)."""
+    await callee.send(callee.reply(incoming, 180, to_tag=to_tag), incoming.source)
+    while True:
+        response = await caller.next_response(call_id=call.call_id)
+        if response.status == 180:
+            return response
+
+
+async def ends_cancelled(phone: Phone, ringing: Incoming, to_tag: str) -> None:
+    """``phone`` gets our CANCEL of the INVITE ``ringing``, and answers 200, then 487."""
+    cancel = await phone.next_request("CANCEL")
+    assert cancel.request.call_id == ringing.request.call_id
+    await phone.send(phone.reply(cancel, 200), cancel.source)
+    await phone.send(phone.reply(ringing, 487, to_tag=to_tag), ringing.source)

@@ -25,8 +25,10 @@ from tests.calls.helpers import (
     Call,
     Incoming,
     Phone,
+    ends_cancelled,
     phones,
     provision,
+    ring,
     running_server,
     sdp,
     wait_rows,
@@ -45,14 +47,6 @@ async def _alice_calling_bob(tmp_path: Path) -> AsyncIterator[tuple[Server, Phon
         async with phones(server, "alice", "bob") as (alice, bob):
             call = await alice.invite("bob")
             yield server, alice, bob, call, await bob.next_request("INVITE")
-
-
-async def _ends_cancelled(phone: Phone, ringing: Incoming, to_tag: str) -> None:
-    """``phone`` gets our CANCEL of the INVITE ``ringing``, and answers 200, then 487."""
-    cancel = await phone.next_request("CANCEL")
-    assert cancel.request.call_id == ringing.request.call_id
-    await phone.send(phone.reply(cancel, 200), cancel.source)
-    await phone.send(phone.reply(ringing, 487, to_tag=to_tag), ringing.source)
 
 
 async def test_out_dialplan_bridges_and_bye_crosses(tmp_path: Path) -> None:
@@ -94,7 +88,7 @@ async def test_parallel_fork_first_answer_wins_and_others_are_cancelled(tmp_path
             second = await b2.next_request("INVITE")
             await b1.answer(first)
             assert (await carol.final(call)).status == 200
-            await _ends_cancelled(b2, second, "x")
+            await ends_cancelled(b2, second, "x")
             await b1.next_request("ACK")
 
 
@@ -113,7 +107,7 @@ async def test_the_callers_cancel_stops_the_dialplan_and_every_leg(tmp_path: Pat
             await call.cancel()
             assert (await carol.final(call)).status == 487
             for phone, ring in zip((b1, b2), rings, strict=True):
-                await _ends_cancelled(phone, ring, "r")
+                await ends_cancelled(phone, ring, "r")
                 await phone.next_request("ACK")
         trace = await wait_rows(server, "SELECT text FROM traces", 1)
         assert "after the dial" not in trace[0][0]
@@ -124,15 +118,11 @@ async def test_a_bye_on_the_early_dialog_ends_the_call_like_a_cancel(tmp_path: P
     # instead of CANCEL.  15.1.2: 200 to the BYE, 487 to the INVITE; the legs are
     # cancelled as for a CANCEL.
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
-        ringing = await alice.next_response(call_id=call.call_id)
-        while ringing.status != 180:
-            ringing = await alice.next_response(call_id=call.call_id)
-        call.final = ringing  # the BYE goes in the early dialog it opened
+        call.final = await ring(alice, bob, call, incoming, "ringing")  # the BYE goes in its early dialog
         await alice.send(call._in_dialog("BYE"))
         assert (await alice.next_response(call_id=call.call_id, method="BYE", final=True)).status == 200
         assert (await alice.final(call)).status == 487
-        await _ends_cancelled(bob, incoming, "ringing")
+        await ends_cancelled(bob, incoming, "ringing")
         await bob.next_request("ACK")
         rows = await wait_rows(server, "SELECT status, reason FROM cdrs WHERE leg = 'caller'", 1)
         assert rows == [(487, "Request Terminated")]
@@ -147,11 +137,7 @@ async def test_an_info_on_the_early_dialog_gets_405_and_the_call_rings_on(tmp_pa
     # relayed.  It must not draw a 481, which tells the caller the dialog is gone
     # (RFC 3261 12.2.1.2): 405 with what is allowed, and the call goes on.
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        await bob.send(bob.reply(incoming, 180, to_tag="ringing"), incoming.source)
-        ringing = await alice.next_response(call_id=call.call_id)
-        while ringing.status != 180:
-            ringing = await alice.next_response(call_id=call.call_id)
-        call.final = ringing
+        call.final = await ring(alice, bob, call, incoming, "ringing")
         refused = await call.send_in_dialog("INFO", b"Signal=5\r\nDuration=160\r\n",
                                             content_type="application/dtmf-relay")
         assert (refused.status, refused.reason) == (405, "Method Not Allowed (not before the call is answered)")
@@ -168,9 +154,7 @@ async def test_a_cancel_read_together_with_the_callees_2xx_hangs_the_callee_up(
     # 487 by then, so the answered callee is ACKed and hung up, not left in a call
     # nobody is in.
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
-        await bob.send(bob.reply(incoming, 180, to_tag="t"), incoming.source)
-        while (await alice.next_response(call_id=call.call_id)).status != 180:
-            pass
+        await ring(alice, bob, call, incoming, "t")
         ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
         # Sent without a checkpoint between them: both wait in the server's socket.
         with socket.socket(fileno=os.dup(bob.sock.fileno())) as b, \
@@ -913,9 +897,7 @@ async def test_a_stopping_server_ends_its_calls_and_keeps_their_records(
             await bob.next_request("ACK")
             ringing = await alice.invite("carol")
             incoming = await carol.next_request("INVITE")
-            await carol.send(carol.reply(incoming, 180, to_tag="ring"), incoming.source)
-            while (await alice.next_response(call_id=ringing.call_id)).status != 180:
-                pass
+            await ring(alice, carol, ringing, incoming, "ring")
             stop.cancel()
             refused = await alice.final(ringing)
             assert (refused.status, refused.reason) == (503, "Service Unavailable (server shutting down)")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import trio
 
-from sip.message import make_cancel
-from tests.calls.helpers import phones, provision, running_server
+from tests.calls.helpers import ends_cancelled, phones, provision, ring, running_server
 
 DIAL_DST = 'sys.Dial("%s@local" % req.URI.User)\n'
 CALL_OBJECTS = {"Call", "InboundLeg", "OutboundLeg", "Bridge", "Side", "DialplanHost", "Forker", "_CDR"}
@@ -55,13 +54,9 @@ async def test_answered_rejected_and_cancelled_calls_leave_no_cycles(tmp_path: P
                 # Cancelled by the caller while ringing.
                 call = await alice.invite("bob")
                 incoming = await bob.next_request("INVITE")
-                await bob.send(bob.reply(incoming, 180, to_tag="ring"), incoming.source)
-                while (await alice.next_response(call_id=call.call_id)).status != 180:
-                    pass
-                await alice.send(make_cancel(call.invite))
-                cancel = await bob.next_request("CANCEL")
-                await bob.send(bob.reply(cancel, 200), cancel.source)
-                await bob.send(bob.reply(incoming, 487, to_tag="ring"), incoming.source)
+                await ring(alice, bob, call, incoming, "ring")
+                await call.cancel()
+                await ends_cancelled(bob, incoming, "ring")
                 assert (await alice.final(call)).status == 487
                 await bob.next_request("ACK")
                 await trio.sleep(0.3)  # (the records are written, the tasks done)
