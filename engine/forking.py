@@ -78,6 +78,12 @@ class Forker:
                     return outcome
                 last = outcome
             return last
+        except BaseException:
+            # Ended (by the caller's CANCEL, the execution's end) before the outcome was
+            # handed over: a winner chosen meanwhile will not be bridged either.
+            if self.winner is not None:
+                self.winner.cancel()
+            raise
         finally:
             # Whatever ended the Dial (an answer, the caller's CANCEL, the execution's
             # end), no leg but the winner may go on ringing.
