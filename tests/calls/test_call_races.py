@@ -238,15 +238,17 @@ async def _clean(server: Server) -> tuple[int, ...]:
     return left
 
 
-@pytest.mark.parametrize("dial", ["bob@local", "b1@local&b2@local"])
+@pytest.mark.parametrize("dial", ["bob@local", "b1@local&b2@local", "hop@local"])
 async def test_calls_end_cleanly_whatever_the_order_of_answers_hang_ups_and_cancel(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, dial: str) -> None:
+    # (hop@local: an account whose In dialplan dials bob, so that the call crosses the
+    # server twice, a bridge on each side of the local hop.)
     rng = random.Random(20261127)
-    users = [target.split("@")[0] for target in dial.split("&")]
+    users = ["bob"] if dial == "hop@local" else [target.split("@")[0] for target in dial.split("&")]
     broken = []
     async with running_server(tmp_path) as server:
-        provision(server, accounts={"alice": (None, "out"), **{user: (None, None) for user in users}},
-                  dialplans={"out": f'sys.Dial("{dial}")\n'})
+        provision(server, accounts={"alice": (None, "out"), "hop": ("in", None), **{user: (None, None) for user in users}},
+                  dialplans={"out": f'sys.Dial("{dial}")\n', "in": 'sys.Dial("bob@local")\n'})
         async with phones(server, "alice", *users) as (alice, *callee_phones):
             for index in range(20):
                 plan = _plan(rng, len(users))
