@@ -4,7 +4,6 @@ relay with the NAT fix, duration limits and lost retransmissions."""
 from __future__ import annotations
 
 import functools
-import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from tests.calls.helpers import (
     ends_cancelled,
     phones,
     provision,
+    raw_socket,
     ring,
     running_server,
     sdp,
@@ -157,8 +157,7 @@ async def test_a_cancel_read_together_with_the_callees_2xx_hangs_the_callee_up(
         await ring(alice, bob, call, incoming, "t")
         ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
         # Sent without a checkpoint between them: both wait in the server's socket.
-        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b, \
-                socket.socket(fileno=os.dup(alice.sock.fileno())) as a:
+        with raw_socket(bob) as b, raw_socket(alice) as a:
             b.sendto(ok.to_bytes(), incoming.source)
             a.sendto(make_cancel(call.invite).to_bytes(), alice.server)
         assert (await alice.final(call)).status == 487
@@ -180,7 +179,7 @@ async def test_a_callee_answering_and_hanging_up_at_once_is_relayed_as_such(
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
         ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
         callee = Answered(phone=bob, invite=incoming.request, ok=ok, peer=incoming.source, local_tag="t")
-        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b:
+        with raw_socket(bob) as b:
             b.sendto(ok.to_bytes(), incoming.source)
             b.sendto(callee.request("BYE").to_bytes(), incoming.source)
         assert (await bob.next_response(call_id=incoming.request.call_id, method="BYE", final=True)).status == 200
@@ -200,8 +199,7 @@ async def test_a_callee_bye_read_with_its_2xx_and_the_callers_cancel_gets_200(tm
     async with _alice_calling_bob(tmp_path) as (server, alice, bob, call, incoming):
         ok = bob.reply(incoming, 200, to_tag="t", body=sdp("127.0.0.1", 41000))
         callee = Answered(phone=bob, invite=incoming.request, ok=ok, peer=incoming.source, local_tag="t")
-        with socket.socket(fileno=os.dup(bob.sock.fileno())) as b, \
-                socket.socket(fileno=os.dup(alice.sock.fileno())) as a:
+        with raw_socket(bob) as b, raw_socket(alice) as a:
             b.sendto(ok.to_bytes(), incoming.source)
             b.sendto(callee.request("BYE").to_bytes(), incoming.source)
             a.sendto(make_cancel(call.invite).to_bytes(), alice.server)

@@ -13,9 +13,7 @@ failure names the scenario that broke.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from tests.calls.helpers import (
     Phone,
     phones,
     provision,
+    raw_socket,
     running_server,
     sdp,
 )
@@ -91,11 +90,6 @@ def _plan(rng: random.Random, callees: int) -> Plan:
     if plan.cancel is None and all(c.answer is None or c.reject for c in plan.callees):
         plan.cancel = 0.02  # someone must end it
     return plan
-
-
-def _raw(phone: Phone) -> socket.socket:
-    """The phone's socket, for sends with no checkpoint between them."""
-    return socket.socket(fileno=os.dup(phone.sock.fileno()))
 
 
 async def _one_call(plan: Plan, alice: Phone, target: str, phones_: list[Phone]) -> tuple[Outcome, list[Callee]]:
@@ -159,7 +153,7 @@ async def _callee_acts(callee: Callee) -> None:
         await phone.send(phone.reply(incoming, 486, to_tag=callee.tag), incoming.source)
         return
     dialog = callee.dialog()
-    with _raw(phone) as raw:
+    with raw_socket(phone) as raw:
         raw.sendto(dialog.ok.to_bytes(), incoming.source)
         callee.answered = callee.final_sent = True
         if plan.bye == 0.0:
@@ -173,7 +167,7 @@ async def _caller_acts(plan: Plan, alice: Phone, call: Call) -> None:
     if plan.cancel is None:
         return
     await trio.sleep(plan.cancel)
-    with _raw(alice) as raw:
+    with raw_socket(alice) as raw:
         raw.sendto(make_cancel(call.invite).to_bytes(), alice.server)
 
 

@@ -14,7 +14,7 @@ import trio
 
 from engine.server import Server
 from sip.message import Request, Response, make_ack_for_error
-from tests.calls.helpers import Phone, phones, provision, running_server, sdp
+from tests.calls.helpers import Phone, phones, provision, raw_socket, running_server, sdp
 from tests.integration.sipclient import TCPClient
 
 
@@ -42,7 +42,7 @@ def _send_and_stall(phone: Phone, *requests: Request) -> None:
     """Send from the phone's socket without yielding to trio, then stall the one trio
     loop the server runs in too: the datagrams wait in its socket as they would behind
     a backlog."""
-    with socket.socket(fileno=os.dup(phone.sock.fileno())) as raw:
+    with raw_socket(phone) as raw:
         for request in requests:
             raw.sendto(request.to_bytes(), phone.server)
     time.sleep(0.35)
