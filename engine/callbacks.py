@@ -548,8 +548,8 @@ class CallbackMethods:
         engine.bridges[bridge_id] = bridge
         engine.dialogs[first.dialog.key] = (bridge, bridge.caller)
         engine.dialogs[second.dialog.key] = (bridge, bridge.callee)
-        engine.pass_held_requests(bridge, bridge.caller, first)
-        engine.pass_held_requests(bridge, bridge.callee, second)
+        engine.hand_over(bridge, bridge.caller, first)
+        engine.hand_over(bridge, bridge.callee, second)
         if bridge.ended.is_set():
             self._callback_event(account, "failed", dest2, "the second destination hung up")
             return

@@ -469,17 +469,17 @@ class CallEngine:
         bridge.callee_leg = winner
         call.bridge = bridge
         self.join_bridge(bridge, answered=[(bridge.caller, leg)])
-        self.unbridged.pop(winner.dialog.key, None)
         if duration_limit:
             self.nursery.start_soon(bridge.enforce_duration, duration_limit)
         self.publish(call, "call", state="answered", bridge=bridge_id)
         return bridge
 
-    @staticmethod
-    def pass_held_requests(bridge: Bridge, side: Side, leg: OutboundLeg) -> None:
-        """Give the bridge what ``leg``'s callee (now ``side``) sent before the bridge
-        existed (see ``unbridged``): called once the bridge's records are open, since a
-        BYE among them ends it."""
+    def hand_over(self, bridge: Bridge, side: Side, leg: OutboundLeg) -> None:
+        """``bridge`` takes over the answered ``leg`` (now its ``side``): the leg leaves
+        ``unbridged``, and what its callee sent meanwhile goes to the bridge.  Called
+        once the bridge's records are open, since a BYE among them ends it."""
+        if leg.dialog is not None:
+            self.unbridged.pop(leg.dialog.key, None)
         for tx, request in leg.take_held_requests():
             bridge.on_request(side, tx, request)
 

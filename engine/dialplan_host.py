@@ -331,7 +331,7 @@ class DialplanHost(CallbackMethods):
             self.runner.records.bridge_started(call, bridge, winner, self.runner.wall_clock())
             if leg.answer_response is not None:
                 self.trace_sip("sent", leg.answer_response.to_bytes())
-            self.engine.pass_held_requests(bridge, bridge.callee, winner)
+            self.engine.hand_over(bridge, bridge.callee, winner)
             return HostReply(value="Answered", end=True)
         if leg.cancelled.is_set():
             return HostReply(value="ClientCancelled", end=True)
