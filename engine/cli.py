@@ -3,6 +3,11 @@
 Each command module exposes a function that registers its subcommands on an argparse
 subparsers object and sets ``func(args) -> int`` (the exit code).  Exit codes follow the
 usual conventions: 0 success, 1 failure, 2 usage error (argparse's own).
+
+Building the parser imports no more than argparse needs: the command modules import
+storage, trio, httpx, the sandbox and the SIP stack inside the commands that use them
+(``--help``, ``--version`` and a usage error stay fast), and a command may raise
+:class:`CommandFailed` to end with its message and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # (module, function, where): "root" registers on the top level, "dialplan" on the
 # ``dialspell dialplan`` group.  Modules are imported lazily so a missing optional piece
@@ -24,6 +29,26 @@ _CONTRIBUTORS: tuple[tuple[str, str, str], ...] = (
     ("engine.cli_client", "add_commands", "root"),
     ("engine.cli_client", "add_dialplan_commands", "dialplan"),
 )
+
+
+class CommandFailed(Exception):
+    """Ends a command: ``dialspell: error: MESSAGE`` on stderr, exit code 1."""
+
+
+def fail(message: str) -> int:
+    """Print ``dialspell: error: MESSAGE`` on stderr; the exit code 1."""
+    print(f"dialspell: error: {message}", file=sys.stderr)
+    return 1
+
+
+def deferred(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A command that imports ``module`` only when it runs (for modules that bring the
+    whole server with them)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return run
 
 
 def positive_int(text: str) -> int:
@@ -103,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args))
+    except CommandFailed as exc:
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
 

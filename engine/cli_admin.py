@@ -11,18 +11,16 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from engine.storage import (
-    DEFAULT_DATA_DIR,
-    LOCAL_DOMAIN,
-    ConflictError,
-    DataDirError,
-    NotFoundError,
-    StorageError,
-    Store,
-)
+from engine.cli import CommandFailed, fail
+from engine.config import DEFAULT_DATA_DIR
+from engine.schema import LOCAL_DOMAIN
+
+if TYPE_CHECKING:
+    from engine.storage import Store
 
 _DATA_DIR_HELP = f"the server's data directory (default {DEFAULT_DATA_DIR})"
 
@@ -110,44 +108,38 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def fail(message: str) -> int:
-    """Print ``dialspell: error: MESSAGE`` on stderr; the exit code 1."""
-    print(f"dialspell: error: {message}", file=sys.stderr)
-    return 1
+@contextmanager
+def open_store(data_dir: str, *, if_taken: str = "") -> Iterator[Store]:
+    """The data directory's store for the block, closed after it.  A storage error
+    ends the command with its message (``if_taken`` added when a name is taken)."""
+    from engine.storage import ConflictError, StorageError, Store
 
-
-def _open(args: argparse.Namespace) -> Store:
-    return Store.open(args.data_dir)
+    try:
+        store = Store.open(data_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+    except ConflictError as exc:
+        raise CommandFailed(f"{exc}: {if_taken}" if if_taken else str(exc)) from None
+    except StorageError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 # -- customers ----------------------------------------------------------------------------
 
 
 def cmd_customer_add(args: argparse.Namespace) -> int:
-    try:
-        store = _open(args)
-        try:
-            customer = store.add_customer(args.name, args.password, email=args.email,
-                                          admin=args.admin, now=time.time())
-        finally:
-            store.close()
-    except ConflictError as exc:
-        return fail(f"{exc}: choose another, or see 'dialspell customer list'")
-    except StorageError as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir, if_taken="choose another, or see 'dialspell customer list'") as store:
+        customer = store.add_customer(args.name, args.password, email=args.email,
+                                      admin=args.admin, now=time.time())
     print(f"customer {customer.name!r} added (id {customer.id}{', admin' if customer.admin else ''})")
     return 0
 
 
 def cmd_customer_list(args: argparse.Namespace) -> int:
-    try:
-        store = _open(args)
-        try:
-            customers = store.customers()
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir) as store:
+        customers = store.customers()
     rows = [{"id": c.id, "name": c.name, "email": c.email, "admin": c.admin} for c in customers]
     return print_listing(rows, args.json, ["ID", "NAME", "EMAIL", "ADMIN"], lambda r: [
         str(r["id"]), str(r["name"]), str(r["email"] or "-"), "yes" if r["admin"] else "no"])
@@ -161,42 +153,28 @@ def cmd_account_add(args: argparse.Namespace) -> int:
     if not at or not user or not domain:
         return fail(f"{args.address!r} is not USER@DOMAIN (e.g. alice@{LOCAL_DOMAIN})")
     domain = domain.lower()
-    try:
-        store = _open(args)
-        try:
-            if store.customer_by_name(args.customer) is None:
-                return fail(f"customer {args.customer!r} does not exist: create it with "
-                             f"'dialspell customer add {args.customer} --password ...'")
-            if domain not in {d.domain for d in store.domains()}:
-                return fail(f"domain {domain!r} is not served: add it with 'dialspell domain "
-                             f"add {domain}', or use {user}@{LOCAL_DOMAIN} for the server's "
-                             "default domain")
-            account = store.add_account(
-                user, domain, customer=args.customer, password=args.password,
-                incoming_only=args.incoming_only, keepalive=args.keepalive,
-                disabled=args.disabled, in_dialplan=args.in_dialplan,
-                out_dialplan=args.out_dialplan, now=time.time(),
-            )
-        finally:
-            store.close()
-    except ConflictError as exc:
-        return fail(f"{exc}: see 'dialspell account list'")
-    except (NotFoundError, StorageError) as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir, if_taken="see 'dialspell account list'") as store:
+        if store.customer_by_name(args.customer) is None:
+            return fail(f"customer {args.customer!r} does not exist: create it with "
+                        f"'dialspell customer add {args.customer} --password ...'")
+        if domain not in {d.domain for d in store.domains()}:
+            return fail(f"domain {domain!r} is not served: add it with 'dialspell domain "
+                        f"add {domain}', or use {user}@{LOCAL_DOMAIN} for the server's "
+                        "default domain")
+        account = store.add_account(
+            user, domain, customer=args.customer, password=args.password,
+            incoming_only=args.incoming_only, keepalive=args.keepalive,
+            disabled=args.disabled, in_dialplan=args.in_dialplan,
+            out_dialplan=args.out_dialplan, now=time.time(),
+        )
     print(f"account {account.aor} added for customer {args.customer!r} (id {account.id})")
     return 0
 
 
 def cmd_account_list(args: argparse.Namespace) -> int:
-    try:
-        store = _open(args)
-        try:
-            accounts = store.accounts()
-            names = {c.id: c.name for c in store.customers()}
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir) as store:
+        accounts = store.accounts()
+        names = {c.id: c.name for c in store.customers()}
     rows = [
         {"id": a.id, "address": a.aor, "customer": names.get(a.customer_id),
          "incoming_only": a.incoming_only, "keepalive": a.keepalive, "disabled": a.disabled,
@@ -214,30 +192,16 @@ def cmd_account_list(args: argparse.Namespace) -> int:
 
 
 def cmd_domain_add(args: argparse.Namespace) -> int:
-    try:
-        store = _open(args)
-        try:
-            domain = store.add_domain(args.domain, args.alias, now=time.time())
-        finally:
-            store.close()
-    except ConflictError as exc:
-        return fail(f"{exc}: see 'dialspell domain list'")
-    except StorageError as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir, if_taken="see 'dialspell domain list'") as store:
+        domain = store.add_domain(args.domain, args.alias, now=time.time())
     aliases = f" (aliases: {', '.join(domain.aliases)})" if domain.aliases else ""
     print(f"domain {domain.domain!r} served{aliases}")
     return 0
 
 
 def cmd_domain_list(args: argparse.Namespace) -> int:
-    try:
-        store = _open(args)
-        try:
-            domains = store.domains()
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return fail(str(exc))
+    with open_store(args.data_dir) as store:
+        domains = store.domains()
     rows = [{"domain": d.domain, "aliases": list(d.aliases)} for d in domains]
     return print_listing(rows, args.json, ["DOMAIN", "ALIASES"], lambda r: [
         str(r["domain"]) + (" (the server's default domain)" if r["domain"] == LOCAL_DOMAIN else ""),

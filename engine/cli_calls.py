@@ -1,5 +1,6 @@
 """Operator commands for calls: ``dialspell dialplan add|list``, ``dialspell account set``
-and ``dialspell provider add|list`` (and ``dialspell demo``, from engine/demo.py).
+and ``dialspell provider add|list`` (and the options of ``dialspell demo``, which
+engine/demo.py runs).
 
 Like the admin commands (engine/cli_admin.py) they open the data directory's database
 directly, so they work whether or not a server runs on the same directory: a running
@@ -19,21 +20,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
+from engine.cli import deferred, seconds
+from engine.cli import fail as _fail
+from engine.cli_admin import open_store, print_listing
+from engine.cli_dialplan import compile_errors
+from engine.config import DEFAULT_DATA_DIR
+from engine.schema import LOCAL_DOMAIN
 
-from engine.cli_admin import fail as _fail
-from engine.cli_admin import print_listing
-from engine.storage import (
-    DEFAULT_DATA_DIR,
-    LOCAL_DOMAIN,
-    DataDirError,
-    NotFoundError,
-    StorageError,
-    Store,
-)
-from sandbox import Limits, SandboxPool
+if TYPE_CHECKING:
+    from engine.storage import Store
 
 T = TypeVar("T")
 
@@ -61,9 +58,22 @@ def add_commands(subparsers: Any) -> None:
 
     ``dialplan`` and ``account`` are groups other modules create; this adds actions to
     them (creating a group only if it is missing)."""
-    from engine.demo import add_demo_command
+    p = subparsers.add_parser(
+        "demo", help="run a server and place one call through a dialplan, step by step",
+        description=(
+            "Start a server on free 127.0.0.1 ports with a temporary data directory, create "
+            "a customer with accounts alice@local and bob@local and an Out dialplan for "
+            "alice, register two simulated phones, call bob from alice through the "
+            "dialplan, hang up, and print the trace and the call detail records the server "
+            "stored."
+        ),
+    )
+    p.add_argument("--hold", type=seconds, default=1.0, metavar="SECONDS",
+                   help="how long the call stays up before alice hangs up (default 1)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the data directory (its path is printed) instead of removing it")
+    p.set_defaults(func=deferred("engine.demo", "cmd_demo"))
 
-    add_demo_command(subparsers)
     dialplan_sub = _group(subparsers, "dialplan", "check, run and manage dialplans")
     p = dialplan_sub.add_parser(
         "add", help="store a customer's dialplan (replacing one of the same name)",
@@ -163,6 +173,7 @@ def _missing_action(parser: argparse.ArgumentParser | None) -> int:
 
 def _write(store: Store, op: Callable[[sqlite3.Connection], T]) -> T:
     """Run one write transaction through the store's writer (from synchronous code)."""
+    import trio
 
     async def once() -> T:
         outcome: list[T] = []
@@ -194,21 +205,15 @@ def _no_customer(name: str) -> int:
 def _listed_rows(args: argparse.Namespace, select: str, alias: str, order: str) -> list[tuple[Any, ...]] | int:
     """The rows of ``select`` (whose table is named ``alias``), only those of
     ``--customer`` when given, in ``order``; or the exit code of a failure."""
-    try:
-        store = Store.open(args.data_dir)
-        try:
-            where = ""
-            params: tuple[int, ...] = ()
-            if args.customer is not None:
-                customer_id = _customer_id(store, args.customer)
-                if customer_id is None:
-                    return _no_customer(args.customer)
-                where, params = f" WHERE {alias}.customer_id = ?", (customer_id,)
-            return store.query_all(select + where + order, params)
-        finally:
-            store.close()
-    except DataDirError as exc:
-        return _fail(str(exc))
+    with open_store(args.data_dir) as store:
+        where = ""
+        params: tuple[int, ...] = ()
+        if args.customer is not None:
+            customer_id = _customer_id(store, args.customer)
+            if customer_id is None:
+                return _no_customer(args.customer)
+            where, params = f" WHERE {alias}.customer_id = ?", (customer_id,)
+        return store.query_all(select + where + order, params)
 
 
 # -- dialplans ------------------------------------------------------------------------------
@@ -225,29 +230,18 @@ def cmd_dialplan_add(args: argparse.Namespace) -> int:
         source = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(f"cannot read {args.file}: {exc}")
-
-    async def compile_it() -> list[Any]:
-        async with SandboxPool(workers=1, limits=Limits()) as pool:
-            return await pool.compile_errors(source)
-
-    errors = trio.run(compile_it)
+    errors = compile_errors(source)
     if errors:
         for error in errors:
             print(f"{args.file}:{error.line}:{error.column}: {error.message}")
         return _fail(f"{args.file} does not compile: dialplan {args.name!r} not stored "
                      f"(check it with 'dialspell dialplan check {args.file}')")
-    try:
-        store = Store.open(args.data_dir)
-        try:
-            customer_id = _customer_id(store, args.customer)
-            if customer_id is None:
-                return _no_customer(args.customer)
-            existed = store.dialplan_source(customer_id, args.name) is not None
-            store.put_dialplan(customer_id, args.name, source, trace_email=email, now=time.time())
-        finally:
-            store.close()
-    except StorageError as exc:
-        return _fail(str(exc))
+    with open_store(args.data_dir) as store:
+        customer_id = _customer_id(store, args.customer)
+        if customer_id is None:
+            return _no_customer(args.customer)
+        existed = store.dialplan_source(customer_id, args.name) is not None
+        store.put_dialplan(customer_id, args.name, source, trace_email=email, now=time.time())
     verb = "replaced" if existed else "added"
     print(f"dialplan {args.name!r} {verb} for customer {args.customer!r} ({len(source)} characters)")
     if not existed:
@@ -298,20 +292,14 @@ def cmd_account_set(args: argparse.Namespace) -> int:
         if value and not NAME.match(value):
             return _fail(f"{value!r} is not a dialplan name")
         changes[field] = value or None
-    try:
-        store = Store.open(args.data_dir)
-        try:
-            account = next((a for a in store.accounts() if a.user == user and a.domain == domain), None)
-            if account is None:
-                return _fail(f"no account {user}@{domain}: see 'dialspell account list' "
-                             "(default-domain accounts are USER@local)")
-            store.set_account_flags(account.id, **changes)
-            missing = [name for name in changes.values()
-                       if name and store.dialplan_source(account.customer_id, name) is None]
-        finally:
-            store.close()
-    except (NotFoundError, StorageError) as exc:
-        return _fail(str(exc))
+    with open_store(args.data_dir) as store:
+        account = next((a for a in store.accounts() if a.user == user and a.domain == domain), None)
+        if account is None:
+            return _fail(f"no account {user}@{domain}: see 'dialspell account list' "
+                         "(default-domain accounts are USER@local)")
+        store.set_account_flags(account.id, **changes)
+        missing = [name for name in changes.values()
+                   if name and store.dialplan_source(account.customer_id, name) is None]
     for field, value in changes.items():
         label = field.replace("_", " ")
         print(f"{account.aor}: {label} {value!r}" if value else f"{account.aor}: {label} cleared")
@@ -370,27 +358,21 @@ def cmd_provider_add(args: argparse.Namespace) -> int:
         if isinstance(parsed, str):
             return _fail(parsed)
         headers.append(list(parsed))
-    try:
-        store = Store.open(args.data_dir)
+    with open_store(args.data_dir) as store:
+        customer_id = _customer_id(store, args.customer)
+        if customer_id is None:
+            return _no_customer(args.customer)
+        row = (customer_id, args.name, args.server, args.username, args.password,
+               args.from_user, args.from_host, args.outbound_proxy, json.dumps(headers),
+               time.time())
         try:
-            customer_id = _customer_id(store, args.customer)
-            if customer_id is None:
-                return _no_customer(args.customer)
-            row = (customer_id, args.name, args.server, args.username, args.password,
-                   args.from_user, args.from_host, args.outbound_proxy, json.dumps(headers),
-                   time.time())
-            try:
-                provider_id = _write(store, lambda conn: conn.execute(
-                    "INSERT INTO providers (customer_id, name, server, username, password, "
-                    "from_user, from_host, outbound_proxy, headers, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid)
-            except sqlite3.IntegrityError:
-                return _fail(f"customer {args.customer!r} already has a provider named "
-                             f"{args.name!r}: see 'dialspell provider list {args.customer}'")
-        finally:
-            store.close()
-    except StorageError as exc:
-        return _fail(str(exc))
+            provider_id = _write(store, lambda conn: conn.execute(
+                "INSERT INTO providers (customer_id, name, server, username, password, "
+                "from_user, from_host, outbound_proxy, headers, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid)
+        except sqlite3.IntegrityError:
+            return _fail(f"customer {args.customer!r} already has a provider named "
+                         f"{args.name!r}: see 'dialspell provider list {args.customer}'")
     print(f"provider {args.name!r} added for customer {args.customer!r} (id {provider_id}): "
           f"dial it with sys.Dial(\"${{dst}}@{args.name}\")")
     return 0

@@ -20,12 +20,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import positive_int
-from engine.storage import DB_FILENAME, DEFAULT_DATA_DIR, StorageError, Store
+from engine.config import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    import httpx
+
+    from engine.storage import Store
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SESSION_FILE = "session.json"
@@ -80,6 +83,8 @@ def save_session(session: Session) -> Path:
 
 # -- the HTTP side --------------------------------------------------------------------------
 def _client(server: str, token: str | None, cacert: str | None, timeout: float | None = 30.0) -> httpx.Client:
+    import httpx
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     verify: Any = cacert if cacert else True
     if cacert:
@@ -106,6 +111,8 @@ def _check(response: httpx.Response) -> Any:
 
 
 def _request(session: Session, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    import httpx
+
     try:
         with _client(session.server, session.token, session.cacert) as client:
             return client.request(method, path, **kwargs)
@@ -123,6 +130,8 @@ def _need_session() -> Session:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_login(args: argparse.Namespace) -> int:
+    import httpx
+
     try:
         username = args.username or input("Username: ").strip()
         if args.password_stdin:
@@ -205,6 +214,8 @@ def _where(args: argparse.Namespace) -> tuple[str, Session | Path]:
 
 
 def _open_local(path: Path) -> Store:
+    from engine.storage import DB_FILENAME, StorageError, Store
+
     if not (path / DB_FILENAME).is_file():
         raise ClientError(f"no dialspell data in {path}: give --data-dir DIR, or run "
                           "'dialspell login' to ask a server")
@@ -320,6 +331,8 @@ def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    import httpx
+
     session = _need_session()
     params: dict[str, str] = {}
     if args.types:

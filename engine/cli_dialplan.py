@@ -16,13 +16,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import positive_int
-from engine.simulator import CallSpec, SimulatedCall, simulate
-from sandbox import Limits, SandboxPool
+
+if TYPE_CHECKING:
+    from engine.simulator import SimulatedCall
 
 
 def add_local_commands(subparsers: Any) -> None:
@@ -56,22 +55,35 @@ def _read(path: str) -> str | None:
         return None
 
 
-def check_command(args: argparse.Namespace) -> int:
-    source = _read(args.file)
-    if source is None:
-        return 1
+def compile_errors(source: str) -> list[Any]:
+    """What compiling ``source`` in a sandbox worker found wrong (nothing: it compiles)."""
+    import trio
+
+    from sandbox import Limits, SandboxPool
 
     async def compile_it() -> list[Any]:
         async with SandboxPool(workers=1, limits=Limits()) as pool:
             return await pool.compile_errors(source)
 
-    errors = trio.run(compile_it)
+    return trio.run(compile_it)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    source = _read(args.file)
+    if source is None:
+        return 1
+    errors = compile_errors(source)
     for error in errors:
         print(f"{args.file}:{error.line}:{error.column}: {error.message}")
     return 1 if errors else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import trio
+
+    from engine.simulator import CallSpec, simulate
+    from sandbox import Limits, SandboxPool
+
     answer = None
     if args.answer is not None:
         try:

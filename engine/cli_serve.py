@@ -7,8 +7,6 @@ import errno
 import sys
 from pathlib import Path
 
-import trio
-
 from engine.config import ConfigError, load_config
 
 
@@ -55,6 +53,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dialspell serve: {exc}", file=sys.stderr, flush=True)
         return 2
+    import trio
+
     from engine.storage import StorageError
 
     try:

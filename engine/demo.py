@@ -20,7 +20,6 @@ from typing import Any
 
 import trio
 
-from engine.cli import seconds
 from engine.config import ServerConfig
 from engine.softphone import PhoneError, SoftPhone
 
@@ -32,25 +31,6 @@ sys.Log("alice is calling %s" % req.URI.User)
 sys.Dial("%s@local" % req.URI.User)
 """
 ACCOUNTS = (("alice", "alice-secret"), ("bob", "bob-secret"))
-
-
-def add_demo_command(subparsers: Any) -> None:
-    """Register ``dialspell demo`` on the root subparsers."""
-    p = subparsers.add_parser(
-        "demo", help="run a server and place one call through a dialplan, step by step",
-        description=(
-            "Start a server on free 127.0.0.1 ports with a temporary data directory, create "
-            f"customer '{CUSTOMER}' with accounts alice@local and bob@local and the Out "
-            f"dialplan '{DIALPLAN}' for alice, register two simulated phones, call bob from "
-            "alice through the dialplan, hang up, and print the trace and the call detail "
-            "records the server stored."
-        ),
-    )
-    p.add_argument("--hold", type=seconds, default=1.0, metavar="SECONDS",
-                   help="how long the call stays up before alice hangs up (default 1)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the data directory (its path is printed) instead of removing it")
-    p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 import trio
 
+from engine.config import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR
 from engine.schema import LOCAL_DOMAIN as LOCAL_DOMAIN
 from engine.schema import MIGRATIONS
 from sip.digest import DigestAlgorithm, compute_ha1
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_DATA_DIR = Path("./dialspell-data")
 DB_FILENAME = "dialspell.db"
 #: How often (seconds) the directory cache asks SQLite whether anything changed.
 DIRECTORY_RECHECK = 0.2

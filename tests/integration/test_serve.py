@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,3 +132,13 @@ async def test_version_is_printed_on_standard_output() -> None:
     shown = await dialspell("--version")
     assert shown.returncode == 0 and shown.stderr == b""
     assert shown.stdout.decode().startswith("dialspell 0.")
+
+
+def test_the_command_line_starts_without_the_server() -> None:
+    # Help, version and usage errors answer at once: building the parser leaves storage,
+    # trio, httpx, the SIP stack and the sandbox to the commands that use them.
+    heavy = ("trio", "httpx", "sqlite_utils", "sip.transaction", "sandbox.pool", "engine.storage")
+    probe = ("import sys; from engine.cli import build_parser; build_parser(); "
+             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
