@@ -42,6 +42,7 @@ from sip.message import Request, Response, make_response, new_tag
 from sip.transaction import (
     AckReceived,
     Action,
+    Address,
     CancelReceived,
     RequestReceived,
     ResponseReceived,
@@ -91,6 +92,16 @@ class Call:
     started: float = field(default_factory=time.time)
     trace: list[str] = field(default_factory=list)
     bridge: Bridge | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a new request is refused: its final response (a 407 carries the challenge
+    in ``headers``, and is sent without a transaction)."""
+
+    status: int
+    reason: str | None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class CallEngine:
@@ -382,51 +393,67 @@ class CallEngine:
             chain_value = request.headers.get(CHAIN_HEADER) or ""
             call.chain = tuple(c for c in chain_value.split(",") if c)
         # Out: From is one of our accounts (and not our own local hop).
-        from_uri = request.from_.uri
-        from_domain = self.registrar.resolve_domain(from_uri.host, now) if from_uri.is_sip else None
-        if from_domain is not None and not from_us and from_uri.unescaped_user:
-            user = from_uri.unescaped_user
-            result = self.authenticator.check(
-                request, user=user, domain=from_domain, realm=from_domain, source=leg.source[0], now=now, proxy=True
-            )
-            if result.outcome is AuthOutcome.CHALLENGE:
-                leg.challenge(407, result.headers)
+        sender = None if from_us else self.sender(request, leg.source, now, "place calls")
+        if sender is not None:
+            if isinstance(sender, Refusal):
+                if sender.status == 407:
+                    leg.challenge(407, sender.headers)
+                else:
+                    leg.reject(sender.status, sender.reason)
                 return None
-            if result.outcome is AuthOutcome.FORBIDDEN:
-                leg.reject(403, result.reason)
-                return None
-            if result.outcome is AuthOutcome.BAD_REQUEST:
-                leg.reject(400, result.reason)
-                return None
-            account = result.account
-            assert account is not None
-            if account.disabled:
-                leg.reject(403, "Forbidden (account disabled)")
-                return None
-            if account.incoming_only:
-                leg.reject(403, "Forbidden (this account may not place calls)")
-                return None
-            call.account = account
+            call.account = sender
             call.direction = "Out"
             return self.runner.run_out
         # In: the Request-URI is in one of our domains.
-        ruri = request.uri
-        domain = self.registrar.resolve_domain(ruri.host, now) if ruri.is_sip else None
-        if domain is None:
-            leg.reject(404, "Not Found (domain not served here)")
-            return None
-        account = self.find_account(ruri.unescaped_user or "", domain)
-        if account is None:
-            leg.reject(404, "Not Found (no such account)")
-            return None
-        if account.disabled:
-            leg.reject(403, "Forbidden (account disabled)")
+        account = self.recipient(request, now)
+        if isinstance(account, Refusal):
+            leg.reject(account.status, account.reason)
             return None
         call.account = account
         call.direction = "In"
         if self.callbacks is not None and self.callbacks.offer(self, call):
             return None  # a dialplan was waiting for this call: it is bridged to its caller
         return self.runner.run_in
+
+    def sender(self, request: Request, source: Address, now: float, doing: str) -> Account | Refusal | None:
+        """The account a new request comes from when its From is one of ours: it must
+        answer our digest challenge (a :class:`Refusal` with status 407 carries it) and
+        be enabled and allowed to ``doing`` ("place calls").  None when the From is
+        not ours: an outside sender, who may only reach our accounts."""
+        from_uri = request.from_.uri
+        from_domain = self.registrar.resolve_domain(from_uri.host, now) if from_uri.is_sip else None
+        user = from_uri.unescaped_user
+        if from_domain is None or not user:
+            return None
+        result = self.authenticator.check(
+            request, user=user, domain=from_domain, realm=from_domain, source=source[0], now=now, proxy=True
+        )
+        if result.outcome is AuthOutcome.CHALLENGE:
+            return Refusal(407, None, result.headers)
+        if result.outcome is AuthOutcome.FORBIDDEN:
+            return Refusal(403, result.reason)
+        if result.outcome is AuthOutcome.BAD_REQUEST:
+            return Refusal(400, result.reason)
+        account = result.account
+        assert account is not None
+        if account.disabled:
+            return Refusal(403, "Forbidden (account disabled)")
+        if account.incoming_only:
+            return Refusal(403, f"Forbidden (this account may not {doing})")
+        return account
+
+    def recipient(self, request: Request, now: float) -> Account | Refusal:
+        """The enabled account a new request's Request-URI names in one of our domains."""
+        ruri = request.uri
+        domain = self.registrar.resolve_domain(ruri.host, now) if ruri.is_sip else None
+        if domain is None:
+            return Refusal(404, "Not Found (domain not served here)")
+        account = self.find_account(ruri.unescaped_user or "", domain)
+        if account is None:
+            return Refusal(404, "Not Found (no such account)")
+        if account.disabled:
+            return Refusal(403, "Forbidden (account disabled)")
+        return account
 
     def find_account(self, user: str, domain: str) -> Account | None:
         """The account for ``user`` in ``domain`` by the suffix rule: ``anything.joe``
