@@ -55,6 +55,7 @@ from sip.transaction import (
 if TYPE_CHECKING:
     from engine.callbacks import CallbackService
     from engine.dialplan_host import DialplanRunner
+    from engine.messages import MessageRelay
     from sip.transport import SIPEndpoint
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class CallEngine:
         self.stopping = False  # stop() was called: new INVITEs get 503
         # The server's CallbackService (engine.callbacks), when callbacks are enabled.
         self.callbacks: CallbackService | None = None
+        # Delivers MESSAGEs outside dialogs (engine.messages), when the server has one.
+        self.messages: MessageRelay | None = None
 
     def attach(self, endpoint: SIPEndpoint, nursery: trio.Nursery) -> None:
         self.endpoint = endpoint
@@ -181,8 +184,17 @@ class CallEngine:
                 return False
             if to_tag:
                 return self._in_dialog(action.transaction, request)
-            if request.method == "INVITE":
+            method = request.method
+            if method == "INVITE":
                 self._new_call(action.transaction)
+                return True
+            if method == "MESSAGE" and self.messages is not None:
+                if self.stopping:
+                    assert self.endpoint is not None
+                    self.endpoint.respond(action.transaction, make_response(
+                        request, 503, SHUTDOWN_REASON, to_tag=new_tag()))
+                else:
+                    self.messages.handle(action.transaction)
                 return True
             return False
         if kind is CancelReceived:

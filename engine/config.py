@@ -47,6 +47,8 @@ class ServerConfig:
     executions_per_customer: int = 5
     executions_per_server: int = 1000
     retry_after: int = 5
+    # Instant messages (MESSAGE, engine/messages.py) waiting for devices' answers.
+    max_pending_messages: int = 1000
     # Overload: a new INVITE without credentials that waited longer than
     # this (seconds) in the UDP socket's queue gets 503 + Retry-After; 0 turns it off.
     overload_delay: float = 0.4

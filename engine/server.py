@@ -25,6 +25,7 @@ from engine.dialplan_host import DialplanRunner, RunnerLimits
 from engine.events import EventBus
 from engine.locate import Resolver
 from engine.mailer import MailConfig, Mailer
+from engine.messages import MessageRelay
 from engine.provider_registrations import ProviderRegistrationAgent
 from engine.records import CallRecords
 from engine.registrar import Registrar
@@ -124,6 +125,7 @@ class Server:
             ),
         )
         self.calls.callbacks = self.callbacks
+        self.calls.messages = MessageRelay(self.calls)
         self.call_control = CallControl(engine=self.calls, runner=self.runner)
         self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(

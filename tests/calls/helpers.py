@@ -100,6 +100,16 @@ async def wait_rows(server: Server, sql: str, count: int, params: tuple[object, 
             await trio.sleep(0.05)
 
 
+async def registered(server: Server, *aors: str) -> None:
+    """Wait until each ``user@host`` has a binding.  (A real phone's REGISTER_OK event may
+    come before the test is connected to hear it: the registrar is asked instead.)"""
+    with trio.fail_after(10):
+        while True:
+            if all(server.registrar.lookup(aor, time.time()) for aor in aors):
+                return
+            await trio.sleep(0.05)
+
+
 @dataclass
 class Incoming:
     """A request a phone received and the address it came from."""
@@ -194,15 +204,16 @@ class Phone:
     # -- registering --------------------------------------------------------------------------
     def _request(self, method: str, uri: str, *, to: str, call_id: str, from_tag: str,
                  extra: list[tuple[str, str]] = (), body: bytes = b"",  # type: ignore[assignment]
-                 cseq: int | None = None) -> Request:
+                 cseq: int | None = None, content_type: str = "application/sdp") -> Request:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
         return self.build(method, uri, from_=f"<sip:{self.user}@{self.from_host}>;tag={from_tag}", to=to,
-                          call_id=call_id, cseq=cseq, extra=extra, body=body)
+                          call_id=call_id, cseq=cseq, extra=extra, body=body, content_type=content_type)
 
     def build(self, method: str, uri: str, *, from_: str, to: str, call_id: str, cseq: int,
-              extra: Iterable[tuple[str, str]] = (), body: bytes = b"") -> Request:
+              extra: Iterable[tuple[str, str]] = (), body: bytes = b"",
+              content_type: str = "application/sdp") -> Request:
         """A request from this phone's socket with exactly these From, To and CSeq."""
         headers = [
             ("Via", f"SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={new_branch()};rport"),
@@ -215,7 +226,7 @@ class Phone:
             *extra,
         ]
         if body:
-            headers.append(("Content-Type", "application/sdp"))
+            headers.append(("Content-Type", content_type))
         return Request(method=method, uri=URI.parse(uri), headers=Headers(headers), body=body)
 
     async def register(self, expires: int = 600) -> Response:
@@ -268,6 +279,24 @@ class Phone:
             else:
                 self.responses.insert(0, first)
         return call
+
+    async def message(self, uri: str, text: str, *, to: str | None = None, max_forwards: int = 70,
+                      authenticate: bool = True) -> tuple[Request, Response]:
+        """Send a MESSAGE (text/plain) to ``uri``, answering a 407 once; the request sent
+        last and its final response."""
+        call_id, tag = secrets.token_hex(8) + "@msg", new_tag()
+
+        async def send(extra: list[tuple[str, str]]) -> tuple[Request, Response]:
+            request = self._request("MESSAGE", uri, to=to or f"<{uri}>", call_id=call_id, from_tag=tag,
+                                    body=text.encode(), content_type="text/plain", extra=extra)
+            request = request.replace(headers=request.headers.with_replaced("Max-Forwards", str(max_forwards)))
+            await self.send(request)
+            return request, await self.next_response(call_id=call_id, method="MESSAGE", final=True)
+
+        request, final = await send([])
+        if final.status == 407 and authenticate:
+            request, final = await send([("Proxy-Authorization", self._authorization(final, "MESSAGE", uri))])
+        return request, final
 
     async def _ack_error(self, invite: Request, response: Response) -> None:
         from sip.message import make_ack_for_error

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from engine.server import Server
-from tests.calls.helpers import PASSWORD, provision, rows, running_server, wait_rows
+from tests.calls.helpers import PASSWORD, provision, registered, rows, running_server, wait_rows
 from tests.integration.phones import Baresip
 
 IN_DIALPLAN = 'sys.Log("to bob")\nsys.Dial("bob@local")\n'
@@ -65,15 +64,6 @@ async def _received_rtp(phone: Baresip, limit: float) -> int:
             await phone.wait_event("CALL_RTCP", count=len(reports) + 1, limit=limit)
 
 
-async def _registered(server: Server, *aors: str) -> None:
-    # REGISTER_OK may come before our ctrl_tcp connection: ask the registrar instead.
-    with trio.fail_after(10):
-        while True:
-            if all(server.registrar.lookup(aor, time.time()) for aor in aors):
-                return
-            await trio.sleep(0.05)
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_baresip_calls_baresip_through_an_in_dialplan(tmp_path: Path, transport: str) -> None:
     with trio.fail_after(30):
@@ -87,7 +77,7 @@ async def test_baresip_calls_baresip_through_an_in_dialplan(tmp_path: Path, tran
                 try:
                     await alice.start(nursery)
                     await bob.start(nursery)
-                    await _registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
+                    await registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
                     # Both registered over the transport under test: bob's phone is rung,
                     # and alice's calls arrive, over that.
                     for aor in ("alice@127.0.0.1", "bob@127.0.0.1"):
@@ -173,7 +163,7 @@ async def test_baresip_holds_and_resumes_across_the_bridge(tmp_path: Path) -> No
                 try:
                     await alice.start(nursery)
                     await bob.start(nursery)
-                    await _registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
+                    await registered(server, "alice@127.0.0.1", "bob@127.0.0.1")
                     await alice.command("dial", f"sip:bob@127.0.0.1:{server.sip_address[1]}")
                     await alice.wait_event("CALL_ESTABLISHED", limit=10)
                     await bob.wait_event("CALL_ESTABLISHED", limit=10)
