@@ -34,7 +34,6 @@ from engine.legs import (
     OutboundLeg,
     advertised,
     build_invite,
-    is_ip,
     reason_value,
 )
 from engine.mailer import MailLimits
@@ -468,21 +467,14 @@ class DialplanHost(CallbackMethods):
 
     async def _locate(self, host: str, port: int | None) -> list[tuple[str, int]]:
         """The UDP targets for ``host`` in the order to try them (RFC 3263)."""
-        bare = host.strip("[]")
-        if is_ip(bare):
-            return [(bare, port or 5060)]
-        resolver = self.runner.resolver
-        if resolver is None:
-            return []
-        from engine.locate import LocateError, locate
+        from engine.locate import LocateError, udp_targets
 
         try:
-            targets = await locate(host, port, None, resolver=resolver)
+            return await udp_targets(host, port, self.runner.resolver)
         except LocateError as exc:
             self.trace_line(f"Dial: cannot locate {host}: {exc}")
             self.last_failure = (404, "Not Found (host cannot be resolved)")
             return []
-        return [(t.host_ip, t.port) for t in targets if t.transport.upper() == "UDP"]
 
     async def _start_leg(
         self,

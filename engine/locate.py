@@ -369,3 +369,19 @@ def _most_telling(errors: Sequence[LocateError], host: str) -> LocateError:
             ):
                 return error
     return LocateError(LocateFailure.NO_RECORDS, host)
+
+
+async def udp_targets(host: str, port: int | None, resolver: Resolver | None) -> list[tuple[str, int]]:
+    """Where a request for ``host[:port]`` goes over UDP, in the order to try (RFC 3263):
+    a numeric address as it is, a name through ``resolver``.  Raises
+    :class:`LocateError` when nothing is found (also for a name without a resolver)."""
+    literal = _ip_literal(host)
+    if literal is not None:
+        return [(literal, port or 5060)]
+    if resolver is None:
+        raise LocateError(LocateFailure.BAD_REQUEST, f"{host} (no DNS resolver)")
+    targets = await locate(host, port, None, resolver=resolver)
+    found = [(t.host_ip, t.port) for t in targets if t.transport.upper() == "UDP"]
+    if not found:
+        raise LocateError(LocateFailure.NO_RECORDS, f"{host} over UDP")
+    return found

@@ -1,18 +1,19 @@
 """Instant messages between accounts: pager-mode MESSAGE (RFC 3428).
 
-A MESSAGE outside a dialog is delivered the way a call without a dialplan rings: to
+A MESSAGE outside a dialog is delivered the way a call without a dialplan goes: to
 every current binding of the account its Request-URI names (the suffix rule included),
 in parallel.  The sender gets the first 2xx a device sends; when none accepts, the
 best refusal (RFC 3261 16.7: a 6xx at once, else the lowest status, a 503 becoming 500),
 480 when the account has no device registered.  A sender whose From is one of our
-accounts answers a digest challenge first (407), exactly as for a call; an outside
-sender may reach our accounts only.  No dialplan runs for a message.
+accounts answers a digest challenge first (407), exactly as for a call, and may also
+send to a Request-URI outside our domains: it goes there, located by RFC 3263 over UDP
+(the next target after a 503, a timeout or a transport error).  An outside sender may
+reach our accounts only.  No dialplan runs for a message.
 
 Each copy is a request of its own (new Call-ID, From tag and Via) with the sender's
 From and To, the Content-Type and body, and Max-Forwards one less; nothing else of the
 original crosses.  Over UDP a copy larger than 1,300 bytes is not sent (RFC 3428 5: a
-MESSAGE that size needs a congestion-controlled transport): that device's answer is
-513.  At most ``ServerConfig.max_pending_messages`` messages wait for devices at
+MESSAGE that size needs a congestion-controlled transport): it counts as a 513.  At most ``ServerConfig.max_pending_messages`` messages wait for devices at
 once; past that a new one gets 503 with Retry-After.
 """
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from engine.calls import Refusal
 from engine.events import Event
 from engine.legs import advertised
+from engine.locate import LocateError, udp_targets
 from sip.headers import Headers, sent_via
 from sip.message import (
     Request,
@@ -34,12 +36,13 @@ from sip.message import (
     new_tag,
     stateless_tag,
 )
-from sip.transaction import ClientTransaction, ServerTransaction
+from sip.transaction import Address, ClientTransaction, ServerTransaction
+from sip.uri import URI
 from sip.validate import check_request
 
 if TYPE_CHECKING:
     from engine.calls import CallEngine
-    from engine.storage import Account, Binding
+    from engine.storage import Account
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +77,23 @@ class MessageRelay:
         if isinstance(sender, Refusal):
             self._refuse(tx, sender)
             return
-        recipient = engine.recipient(request, now)
+        uri = request.uri
+        outside = not (uri.is_sip and engine.registrar.resolve_domain(uri.host, now))
+        if outside and sender is None:
+            self._refuse(tx, Refusal(404, "Not Found (messages go to this server's accounts only)"))
+            return
+        recipient = None if outside else engine.recipient(request, now)
         if isinstance(recipient, Refusal):
-            reason = recipient.reason
-            if recipient.status == 404 and reason and "domain" in reason:
-                reason = "Not Found (messages go to this server's accounts only)"
-            self._refuse(tx, Refusal(recipient.status, reason))
+            self._refuse(tx, recipient)
             return
         if self.pending >= engine.config.max_pending_messages:
             self._refuse(tx, Refusal(503, "Service Unavailable (too many messages waiting for delivery)",
                                      (("Retry-After", str(engine.config.retry_after)),)))
+            return
+        if recipient is None:
+            assert engine.nursery is not None
+            self.pending += 1
+            engine.nursery.start_soon(self._send_outside, Delivery(self, tx, sender, None))
             return
         bindings = engine.registrar.bindings_of(recipient.id, now)
         if not bindings:
@@ -92,7 +102,24 @@ class MessageRelay:
         delivery = Delivery(self, tx, sender, recipient)
         self.pending += 1
         for binding in bindings:
-            delivery.send(binding)
+            delivery.send(binding.contact, binding.received, binding.transport)
+        delivery.settle()
+
+    async def _send_outside(self, delivery: Delivery) -> None:
+        """The Request-URI's host, located (RFC 3263), gets the copy; the sender its answer."""
+        uri = delivery.tx.request.uri
+        try:
+            targets = await udp_targets(uri.host, uri.port, self.engine.runner.resolver)
+        except LocateError as exc:
+            delivery.refusals.append((404, f"Not Found (cannot locate {uri.host}: {exc.failure.value})"))
+            targets = []
+        try:
+            if targets:
+                delivery.alternates = targets[1:]
+                delivery.send(uri, targets[0], "UDP")
+        except Exception:  # a bug here must not take the server's nursery down
+            log.exception("MESSAGE %s to %s failed", delivery.tx.request.call_id, uri)
+            delivery.refusals.append((500, "Server Internal Error"))
         delivery.settle()
 
     def _refuse(self, tx: ServerTransaction, refusal: Refusal) -> None:
@@ -112,30 +139,50 @@ class Delivery:
     client transaction per device whose answer is still awaited."""
 
     def __init__(self, relay: MessageRelay, tx: ServerTransaction, sender: Account | None,
-                 recipient: Account) -> None:
+                 recipient: Account | None) -> None:
         self.relay = relay
         self.tx = tx
         self.sender = sender
-        self.recipient = recipient
+        self.recipient = recipient  # None: the Request-URI is outside our domains
         self.branches: list[Branch] = []
-        self.answers: list[Response] = []
         self.refusals: list[tuple[int, str]] = []
+        # Further targets of the Request-URI's host, tried in turn (RFC 3263 4.3).
+        self.alternates: list[Address] = []
         self.done = False
 
-    def send(self, binding: Binding) -> None:
-        engine = self.relay.engine
-        endpoint = engine.endpoint
+    def send(self, uri: URI, destination: Address, transport: str) -> None:
+        """A copy of the message to ``uri`` at ``destination``."""
+        endpoint = self.relay.engine.endpoint
         assert endpoint is not None
-        copy = _copy(self.tx.request, binding, endpoint.local)
-        if binding.transport.upper() == "UDP" and len(copy.to_bytes()) > UDP_LIMIT:
-            self.refusals.append((513, "Message Too Large (over 1300 bytes for a device on UDP)"))
+        copy = _copy(self.tx.request, uri, transport, endpoint.local)
+        if transport.upper() == "UDP" and len(copy.to_bytes()) > UDP_LIMIT:
+            self.refusals.append((513, "Message Too Large (over 1300 bytes on UDP)"))
             return
-        branch = Branch(self)
-        tx = endpoint.request(copy, binding.received, binding.transport)
+        self._start(Branch(self, copy), destination, transport)
+
+    def _start(self, branch: Branch, destination: Address, transport: str) -> None:
+        endpoint = self.relay.engine.endpoint
+        assert endpoint is not None
+        tx = endpoint.request(branch.request, destination, transport)
         assert isinstance(tx, ClientTransaction)
         tx.context = branch
         branch.transaction = tx
         self.branches.append(branch)
+
+    def retry(self, branch: Branch) -> bool:
+        """Send ``branch``'s request on to the next target of the host, if there is one:
+        the same request in a new transaction (RFC 3263 4.3)."""
+        if not self.alternates:
+            return False
+        endpoint = self.relay.engine.endpoint
+        assert endpoint is not None
+        branch.release()
+        self.branches.remove(branch)
+        host, port = endpoint.local
+        via = sent_via("UDP", advertised(host), port, new_branch())
+        request = branch.request.replace(headers=branch.request.headers.with_replaced("Via", via))
+        self._start(Branch(self, request), self.alternates.pop(0), "UDP")
+        return True
 
     def settle(self) -> None:
         """Answer the sender once a device accepted, or once every device has answered."""
@@ -166,21 +213,19 @@ class Delivery:
                 if status in wanted:
                     return status, reason
         if not finals:
-            return 480, "Temporarily Unavailable (no device registered)"
+            return 480, "Temporarily Unavailable"
         status, reason = min(finals)
         if status == 503:
             # RFC 3261 16.7: a 503 from the next hop is not the sender's to retry.
             return 500, "Server Internal Error (the device is unavailable)"
         if status in (401, 407):
-            return 403, "Forbidden (the device asked for credentials)"
+            return 403, "Forbidden (the next hop asked for credentials)"
         return status, reason
 
     def _publish(self, status: int, reason: str) -> None:
         engine = self.relay.engine
         request = self.tx.request
-        owners = {self.recipient.customer_id}
-        if self.sender is not None:
-            owners.add(self.sender.customer_id)
+        owners = {account.customer_id for account in (self.sender, self.recipient) if account is not None}
         for owner in owners:
             if engine.events.has_subscribers(owner):
                 engine.events.publish(Event(owner=owner, type="call", time=engine.wall_clock(), data={
@@ -192,24 +237,27 @@ class Delivery:
 class Branch:
     """One device's copy of a message: the context of its client transaction."""
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, request: Request) -> None:
         self.delivery: Delivery | None = delivery
+        self.request = request
         self.transaction: ClientTransaction | None = None
         self.final: tuple[int, str] | None = None
 
     def on_response(self, response: Response) -> None:
         if response.status >= 200:
-            self._end(response.status, response.reason)
+            self._end(response.status, response.reason, retry=response.status == 503)
 
     def on_timeout(self) -> None:
-        self._end(408, "Request Timeout (the device did not answer)")
+        self._end(408, "Request Timeout (no answer)", retry=True)
 
     def on_transport_error(self, reason: str) -> None:
-        self._end(480, f"Temporarily Unavailable (the device cannot be reached: {reason})")
+        self._end(480, f"Temporarily Unavailable (cannot be reached: {reason})", retry=True)
 
-    def _end(self, status: int, reason: str) -> None:
+    def _end(self, status: int, reason: str, *, retry: bool = False) -> None:
         delivery = self.delivery
         if delivery is None or self.final is not None:
+            return
+        if retry and delivery.retry(self):
             return
         self.final = (status, reason)
         delivery.settle()
@@ -221,12 +269,12 @@ class Branch:
         self.delivery = None
 
 
-def _copy(request: Request, binding: Binding, local: tuple[str, int]) -> Request:
-    """The MESSAGE a device gets: a request of ours carrying the sender's message."""
+def _copy(request: Request, uri: URI, transport: str, local: Address) -> Request:
+    """The MESSAGE sent on: a request of ours to ``uri`` carrying the sender's message."""
     max_forwards = request.max_forwards
     from_ = request.from_
     items: list[tuple[str, str]] = [
-        ("Via", sent_via(binding.transport, advertised(local[0]), local[1], new_branch())),
+        ("Via", sent_via(transport, advertised(local[0]), local[1], new_branch())),
         ("Max-Forwards", str((max_forwards if max_forwards is not None else 70) - 1)),
         ("From", str(from_.with_tag(new_tag()))),
         ("To", str(request.to.without_tag())),
@@ -238,4 +286,4 @@ def _copy(request: Request, binding: Binding, local: tuple[str, int]) -> Request
         value = headers.get(name)
         if value is not None:
             items.append((name, value))
-    return Request(method="MESSAGE", uri=binding.contact, headers=Headers(items), body=request.body)
+    return Request(method="MESSAGE", uri=uri, headers=Headers(items), body=request.body)

@@ -1,6 +1,7 @@
-"""Instant messages (pager-mode MESSAGE, RFC 3428) between accounts: delivered to every
-device of the account named, the sender told the first acceptance or the best refusal;
-our accounts authenticate first, outside senders reach our accounts only."""
+"""Instant messages (pager-mode MESSAGE, RFC 3428): delivered to every device of the
+account named, the sender told the first acceptance or the best refusal; our accounts
+authenticate first and may also write to addresses elsewhere (located by RFC 3263),
+outside senders reach our accounts only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from engine.locate import Resolver
 from engine.server import Server
 from tests.calls.helpers import (
     PASSWORD,
@@ -18,6 +20,8 @@ from tests.calls.helpers import (
     registered,
     running_server,
 )
+from tests.calls.test_dns_failover import start_dnsmasq
+from tests.engine.test_locate import require_dnsmasq
 from tests.integration.phones import Baresip
 
 
@@ -88,7 +92,7 @@ async def test_the_sender_hears_the_best_refusal_or_why_nothing_was_sent(tmp_pat
         async with phones(server, "alice", "carol@example.com") as (alice, carol):
             for phone, uri, options, expected in [
                 (alice, _uri(server, "nobody"), {}, (404, "Not Found (no such account)")),
-                (alice, "sip:bob@elsewhere.example", {},
+                (carol, "sip:bob@elsewhere.example", {"authenticate": False},
                  (404, "Not Found (messages go to this server's accounts only)")),
                 (alice, _uri(server, "dora"), {}, (480, "Temporarily Unavailable (no device registered)")),
                 (alice, _uri(server, "dora"), {"max_forwards": 0}, (483, "Too Many Hops")),
@@ -125,8 +129,7 @@ async def test_a_message_too_large_for_udp_is_not_sent(tmp_path: Path) -> None:
         provision(server, accounts={"bob": (None, None)})
         async with phones(server, "bob", "carol@example.com") as (bob, carol):
             _, final = await carol.message(_uri(server, "bob"), "x" * 1400)
-            assert (final.status, final.reason) == (
-                513, "Message Too Large (over 1300 bytes for a device on UDP)")
+            assert (final.status, final.reason) == (513, "Message Too Large (over 1300 bytes on UDP)")
             await bob.no_request("MESSAGE", 0.3)
 
 
@@ -171,3 +174,58 @@ async def test_real_phones_send_and_receive_messages(tmp_path: Path) -> None:
                 await alice.stop()
                 await bob.stop()
                 nursery.cancel_scope.cancel()
+
+
+async def test_our_accounts_write_to_addresses_elsewhere(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, None)})
+        async with phones(server, "alice") as (alice,), trio.open_nursery() as nursery:
+            friend = await Phone(server.sip_address, "friend").start(nursery, host="127.0.0.2")  # type: ignore[arg-type]
+            results, outcomes = trio.open_memory_channel[tuple[int, str]](1)
+
+            async def send() -> None:
+                _, final = await alice.message(f"sip:friend@127.0.0.2:{friend.local[1]}", "Hello from here")
+                await results.send((final.status, final.reason))
+
+            nursery.start_soon(send)
+            incoming = await _answer(friend, 202)
+            assert str(incoming.request.uri) == f"sip:friend@127.0.0.2:{friend.local[1]}"
+            assert incoming.request.body == b"Hello from here"
+            assert incoming.request.from_.uri.user == "alice"
+            with trio.fail_after(5):
+                assert await outcomes.receive() == (202, "Accepted")
+            friend.close()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_message_elsewhere_goes_on_to_the_next_srv_target_after_a_503(tmp_path: Path) -> None:
+    require_dnsmasq()
+    async with running_server(tmp_path) as server:
+        provision(server, accounts={"alice": (None, None)})
+        async with phones(server, "alice", "first", "second", register=False) as (alice, first, second), \
+                trio.open_nursery() as nursery:
+            await alice.register()
+            dnsmasq, dns_port = start_dnsmasq(tmp_path, (
+                "local=/test/\nlocal-ttl=60\nhost-record=one.test,127.0.0.1\nhost-record=two.test,127.0.0.1\n"
+                f"srv-host=_sip._udp.chat.test,one.test,{first.local[1]},10,0\n"
+                f"srv-host=_sip._udp.chat.test,two.test,{second.local[1]},20,0\n"))
+            try:
+                server.runner.resolver = Resolver(("127.0.0.1", dns_port), timeout=3.0)
+                results, outcomes = trio.open_memory_channel[tuple[int, str]](1)
+
+                async def send() -> None:
+                    _, final = await alice.message("sip:friend@chat.test", "anyone there?")
+                    await results.send((final.status, final.reason))
+
+                nursery.start_soon(send)
+                refused = await _answer(first, 503)
+                taken = await _answer(second, 200)
+                with trio.fail_after(5):
+                    assert await outcomes.receive() == (200, "OK")
+                # The same request, in a new transaction.
+                assert taken.request.call_id == refused.request.call_id
+                assert taken.request.top_via.branch != refused.request.top_via.branch
+                assert taken.request.body == b"anyone there?"
+            finally:
+                dnsmasq.terminate()
+                dnsmasq.wait(timeout=10)
