@@ -113,13 +113,9 @@ class MessageRelay:
         except LocateError as exc:
             delivery.refusals.append((404, f"Not Found (cannot locate {uri.host}: {exc.failure.value})"))
             targets = []
-        try:
-            if targets:
-                delivery.alternates = targets[1:]
-                delivery.send(uri, targets[0], "UDP")
-        except Exception:  # a bug here must not take the server's nursery down
-            log.exception("MESSAGE %s to %s failed", delivery.tx.request.call_id, uri)
-            delivery.refusals.append((500, "Server Internal Error"))
+        if targets:
+            delivery.alternates = targets[1:]
+            delivery.send(uri, targets[0], "UDP")
         delivery.settle()
 
     def _refuse(self, tx: ServerTransaction, refusal: Refusal) -> None:
@@ -135,8 +131,8 @@ class MessageRelay:
 
 
 class Delivery:
-    """One MESSAGE on its way to an account's devices: the sender's transaction, and a
-    client transaction per device whose answer is still awaited."""
+    """One MESSAGE on its way: the sender's transaction, and a client transaction per
+    copy (to each device of the account, or to the Request-URI elsewhere)."""
 
     def __init__(self, relay: MessageRelay, tx: ServerTransaction, sender: Account | None,
                  recipient: Account | None) -> None:
@@ -154,7 +150,12 @@ class Delivery:
         """A copy of the message to ``uri`` at ``destination``."""
         endpoint = self.relay.engine.endpoint
         assert endpoint is not None
-        copy = _copy(self.tx.request, uri, transport, endpoint.local)
+        try:
+            copy = _copy(self.tx.request, uri, transport, endpoint.local)
+        except Exception:  # a bug of ours: this copy fails, the sender still gets an answer
+            log.exception("MESSAGE %s: cannot build the copy to %s", self.tx.request.call_id, uri)
+            self.refusals.append((500, "Server Internal Error"))
+            return
         if transport.upper() == "UDP" and len(copy.to_bytes()) > UDP_LIMIT:
             self.refusals.append((513, "Message Too Large (over 1300 bytes on UDP)"))
             return
