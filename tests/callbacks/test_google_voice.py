@@ -74,15 +74,15 @@ async def fake_voice_service() -> AsyncIterator[FakeVoiceService]:
     config.accesslog = None
     state.url = f"http://127.0.0.1:{port}"
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve, app, config)  # type: ignore[arg-type]
+        await nursery.start(serve, app, config)
         yield state
         nursery.cancel_scope.cancel()
 
 
 async def call_back(server_port: int, pstn: UA, account: str) -> tuple[int, bytes, object]:
     """The service's call to the callback number, from a foreign network."""
-    invite, final = await pstn.invite(f"sip:{account}@127.0.0.1:{server_port}", sdp(42000),
-                                      from_user="15550001", from_domain="gv.example")
+    invite, final = await pstn.invite_uri(f"sip:{account}@127.0.0.1:{server_port}", sdp(42000),
+                                          from_user="15550001", from_domain="gv.example")
     return final.status, final.body, pstn.dialog_as_uac(invite, final, pstn.server)
 
 
@@ -95,7 +95,7 @@ async def test_callback_is_bridged_to_the_waiting_caller(tmp_path: Path) -> None
             results: list[tuple[int, bytes]] = []
 
             async def caller() -> None:
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))  # type: ignore[index]
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))  # type: ignore[index]
                 results.append((final.status, final.body))
 
             async with trio.open_nursery() as nursery:
@@ -134,7 +134,7 @@ async def test_no_callback_means_the_fallback_and_a_cancel(tmp_path: Path) -> No
         assert server.sip_address is not None
         async with user_agents(server, "alice") as (alice,):
             with trio.fail_after(15):
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))
             assert (final.status, final.reason) == (486, "No callback came")
             assert [p for p, _, _ in service.requests] == ["/login", "/connect", "/cancel"]
             assert service.requests[2][1] == {"id": "req-7"}
@@ -151,7 +151,7 @@ async def test_another_owners_call_is_not_taken(tmp_path: Path) -> None:
             results: list[int] = []
 
             async def caller() -> None:
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{port}", sdp(40000))
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{port}", sdp(40000))
                 results.append(final.status)
 
             async with trio.open_nursery() as nursery:

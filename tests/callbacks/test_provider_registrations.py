@@ -134,8 +134,8 @@ async def test_a_call_to_the_registered_contact_reaches_the_suffix_account(tmp_p
             answers: list[int] = []
 
             async def call() -> None:
-                _, final = await outsider.invite(f"sip:{TRUNK_USER}@127.0.0.1", sdp(42000), from_user="15550001",
-                                                 from_domain="pstn.example", to=kamailio.address)
+                _, final = await outsider.invite_uri(f"sip:{TRUNK_USER}@127.0.0.1", sdp(42000), from_user="15550001",
+                                                     from_domain="pstn.example", to=kamailio.address)
                 answers.append(final.status)
                 assert b"m=audio 41000" in final.body
 
@@ -144,6 +144,6 @@ async def test_a_call_to_the_registered_contact_reaches_the_suffix_account(tmp_p
                 invite, source = await bob.request("INVITE")
                 assert invite.from_.uri.user == "15550001"
                 assert b"m=audio 42000" in invite.body
-                await bob.answer(invite, source, sdp(41000))
+                await bob.answer_request(invite, source, sdp(41000))
             assert answers == [200]
             nursery.cancel_scope.cancel()

@@ -866,7 +866,7 @@ async def _stoppable_server(tmp_path: Path) -> AsyncIterator[tuple[Server, trio.
                                  http_port=free_port(socket.SOCK_STREAM), domain="127.0.0.1"))
     scope = trio.CancelScope()
 
-    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(*, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
             await server.run(task_status=task_status)
 

@@ -440,6 +440,7 @@ def test_a_stateless_challenge_leaves_no_transaction_and_no_timer() -> None:
     actions = layer.receive(invite, PEER, "UDP", 0.0)
     assert kinds(actions) == ["RequestReceived", "TryingDue"]
     tx = actions[0].transaction  # type: ignore[union-attr]
+    assert isinstance(tx, ServerTransaction)
     challenge = make_response(invite, 407, to_tag="t1")
 
     # The TU answers before the shell carries out TryingDue: no 100 goes out after.
@@ -451,7 +452,9 @@ def test_a_stateless_challenge_leaves_no_transaction_and_no_timer() -> None:
     # The retransmitted INVITE is new to the layer: the TU sees it and answers again.
     again = layer.receive(invite, PEER, "UDP", 0.5)
     assert kinds(again) == ["RequestReceived", "TryingDue"]
-    layer.respond_statelessly(again[0].transaction, challenge, 0.5)  # type: ignore[union-attr]
+    retransmitted = again[0]
+    assert isinstance(retransmitted, RequestReceived)
+    layer.respond_statelessly(retransmitted.transaction, challenge, 0.5)
     # Its ACK (with the INVITE's branch, or one of its own) goes to the TU to ignore.
     ack = make_request("ACK", branch=invite.branch)
     assert kinds(layer.receive(ack, PEER, "UDP", 0.6)) == ["AckReceived"]
