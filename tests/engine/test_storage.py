@@ -440,7 +440,9 @@ async def test_the_key_value_store_refuses_what_no_dialplan_may_write(tmp_path: 
     from engine.records import CallRecords
 
     store, _ = seeded(tmp_path)
-    customer_id = store.directory().account("alice", "local").customer_id  # type: ignore[union-attr]
+    alice = store.directory().account("alice", "local")
+    assert alice is not None
+    customer_id = alice.customer_id
     records = CallRecords(store)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_writer)

@@ -151,7 +151,8 @@ async def test_webcallback_runs_the_webcallback_dialplan_as_an_out_call(web: Web
         ok = await client.get("/webcallback/alice", params={"number": "5551234", "key": key})
         assert ok.status_code == 200 and ok.text == "Web call was successfully initiated."
         assert ok.headers["content-type"].startswith("text/plain")
-        assert console.receive_nowait().data["line"] == "calling 5551234"  # type: ignore[union-attr]
+        logged = console.receive_nowait()
+        assert logged is not None and logged.data["line"] == "calling 5551234"
         as_json = await client.get("/webcallback/alice", params={"number": "1", "key": key},
                                    headers={"Accept": "application/json"})
         assert as_json.json() == {"ok": True, "message": "Web call was successfully initiated."}
