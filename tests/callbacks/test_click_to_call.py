@@ -22,15 +22,15 @@ async def test_callback_rings_both_phones_and_bridges_them(tmp_path: Path) -> No
         async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
             # The script goes on at once: the caller hears its Respond before any phone rings.
             with trio.fail_after(5):
-                _, final = await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+                _, final = await alice.invite_uri(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
             assert (final.status, final.reason) == (486, "Callback placed")
             first, source1 = await bob.request("INVITE")
             assert b"m=audio 9 " in first.body and first.from_.uri.user == "carol"
-            bob_dialog = await bob.answer(first, source1, sdp(41000))
+            bob_dialog = await bob.answer_request(first, source1, sdp(41000))
             assert (await bob.request("ACK"))[0].cseq.number == first.cseq.number
             second, source2 = await carol.request("INVITE")
             assert b"m=audio 41000" in second.body and second.from_.uri.user == "bob"
-            carol_dialog = await carol.answer(second, source2, sdp(43000))
+            carol_dialog = await carol.answer_request(second, source2, sdp(43000))
             # The first phone is re-offered the second one's media.
             reinvite, source3 = await bob.request("INVITE")
             assert reinvite.to.tag and b"m=audio 43000" in reinvite.body
@@ -63,9 +63,9 @@ async def test_callback_hangs_up_the_first_phone_when_the_second_fails(tmp_path:
                   {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
         assert server.sip_address is not None
         async with user_agents(server, "alice", "bob") as (alice, bob):  # carol is not registered
-            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            await alice.invite_uri(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
             first, source = await bob.request("INVITE")
-            await bob.answer(first, source, sdp(41000))
+            await bob.answer_request(first, source, sdp(41000))
             bye, source = await bob.request("BYE")
             assert bye.call_id == first.call_id
             assert bye.headers.get("Reason") == 'SIP;cause=480;text="The other party did not answer"'  # RFC 3326
@@ -86,9 +86,9 @@ async def _second_ringing(tmp_path: Path) -> AsyncIterator[tuple[Server, UA, UA,
                   {"out": 'sys.Callback("bob@local", "carol@local")\nsys.Respond(486, "Callback placed")\n'})
         assert server.sip_address is not None
         async with user_agents(server, "alice", "bob", "carol") as (alice, bob, carol):
-            await alice.invite(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+            await alice.invite_uri(f"sip:123@127.0.0.1:{server.sip_address[1]}", sdp(40000))
             first, source1 = await bob.request("INVITE")
-            bob_dialog = await bob.answer(first, source1, sdp(41000))
+            bob_dialog = await bob.answer_request(first, source1, sdp(41000))
             await bob.request("ACK")
             second, source2 = await carol.request("INVITE")
             yield server, bob, carol, bob_dialog, second, source2
@@ -121,6 +121,6 @@ async def test_the_first_phone_s_requests_while_the_second_rings_are_answered_at
             await bob.send(bob_dialog.request(method), bob_dialog.peer)
             answer = await bob.response(bob_dialog.call_id, method, seconds=2)
             assert answer.status == status
-        await carol.answer(second, source2, sdp(43000))
+        await carol.answer_request(second, source2, sdp(43000))
         reinvite, source3 = await bob.request("INVITE")
         assert b"m=audio 43000" in reinvite.body

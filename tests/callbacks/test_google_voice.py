@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.callbacks.ua import UA, provision, running_server, sdp, user_agents
+from tests.callbacks.ua import UA, Dialog, provision, running_server, sdp, user_agents
 from tests.calls.helpers import wait_rows
 from tests.conftest import free_port
 
@@ -74,15 +74,15 @@ async def fake_voice_service() -> AsyncIterator[FakeVoiceService]:
     config.accesslog = None
     state.url = f"http://127.0.0.1:{port}"
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve, app, config)  # type: ignore[arg-type]
+        await nursery.start(serve, app, config)
         yield state
         nursery.cancel_scope.cancel()
 
 
-async def call_back(server_port: int, pstn: UA, account: str) -> tuple[int, bytes, object]:
+async def call_back(server_port: int, pstn: UA, account: str) -> tuple[int, bytes, Dialog]:
     """The service's call to the callback number, from a foreign network."""
-    invite, final = await pstn.invite(f"sip:{account}@127.0.0.1:{server_port}", sdp(42000),
-                                      from_user="15550001", from_domain="gv.example")
+    invite, final = await pstn.invite_uri(f"sip:{account}@127.0.0.1:{server_port}", sdp(42000),
+                                          from_user="15550001", from_domain="gv.example")
     return final.status, final.body, pstn.dialog_as_uac(invite, final, pstn.server)
 
 
@@ -91,18 +91,19 @@ async def test_callback_is_bridged_to_the_waiting_caller(tmp_path: Path) -> None
             running_server(tmp_path, google_voice_url=service.url) as server:
         provision(server, "acme", {"alice": (None, "out"), "gvline": (None, None)}, {"out": DIALPLAN % 20})
         assert server.sip_address is not None
+        port = server.sip_address[1]
         async with user_agents(server, "alice") as (alice,), user_agents(server, "pstn", register=False) as (pstn,):
             results: list[tuple[int, bytes]] = []
 
             async def caller() -> None:
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))  # type: ignore[index]
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{port}", sdp(40000))
                 results.append((final.status, final.body))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(caller)
                 with trio.fail_after(10):
                     await service.connected.wait()
-                status, body, dialog = await call_back(server.sip_address[1], pstn, "gvline")
+                status, body, dialog = await call_back(port, pstn, "gvline")
             assert status == 200 and b"m=audio 40000" in body  # the callback hears the caller
             assert results and results[0][0] == 200 and b"m=audio 42000" in results[0][1]
             paths = [p for p, _, _ in service.requests]
@@ -113,7 +114,7 @@ async def test_callback_is_bridged_to_the_waiting_caller(tmp_path: Path) -> None
                 while len(server.calls.unacked_answers):  # noqa: ASYNC110 - the retransmitter's heap
                     await trio.sleep(0.05)
             # BYE from the callback's side reaches the caller.
-            bye = await dialog.bye()  # type: ignore[attr-defined]
+            bye = await dialog.bye()
             assert bye.status == 200
             request, source = await alice.request("BYE")
             await alice.ok(request, source)
@@ -134,7 +135,7 @@ async def test_no_callback_means_the_fallback_and_a_cancel(tmp_path: Path) -> No
         assert server.sip_address is not None
         async with user_agents(server, "alice") as (alice,):
             with trio.fail_after(15):
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{server.sip_address[1]}", sdp(40000))
             assert (final.status, final.reason) == (486, "No callback came")
             assert [p for p, _, _ in service.requests] == ["/login", "/connect", "/cancel"]
             assert service.requests[2][1] == {"id": "req-7"}
@@ -151,7 +152,7 @@ async def test_another_owners_call_is_not_taken(tmp_path: Path) -> None:
             results: list[int] = []
 
             async def caller() -> None:
-                _, final = await alice.invite(f"sip:5551234@127.0.0.1:{port}", sdp(40000))
+                _, final = await alice.invite_uri(f"sip:5551234@127.0.0.1:{port}", sdp(40000))
                 results.append(final.status)
 
             async with trio.open_nursery() as nursery:

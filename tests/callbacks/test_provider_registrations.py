@@ -5,13 +5,19 @@ account chosen by the suffix rule."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
-from engine.provider_registrations import ProviderRegistrationAgent, RegistrationStatus
+from engine.provider_registrations import (
+    ProviderRegistrationAgent,
+    ProviderRegistrationState,
+    RegistrationStatus,
+)
 from engine.server import Server
 from tests.callbacks.kamailio import kamailio_registrar
 from tests.callbacks.ua import provision, running_server, sdp, user_agents
@@ -24,32 +30,32 @@ TRUNK_PASSWORD = "trunk-secret"
 
 async def add_provider(server: Server, customer_id: int, name: str, kamailio: tuple[str, int], *,
                        password: str = TRUNK_PASSWORD, expiry: int = 60, register: bool = True) -> int:
-    def op(conn: object) -> int:
-        cursor = conn.execute(  # type: ignore[attr-defined]
+    def op(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
             "INSERT INTO providers (customer_id, name, server, username, password, headers, register, "
             "register_expiry, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (customer_id, name, f"{kamailio[0]}:{kamailio[1]}", TRUNK_USER, password, json.dumps([]),
              int(register), expiry, time.time()),
         )
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     return await server.store.write(op)
 
 
-def agent_for(server: Server, **overrides: float) -> ProviderRegistrationAgent:
-    settings: dict[str, float] = {"poll_interval": 0.2, "refresh_margin": 57.0, "retry_base": 300.0}
-    settings.update(overrides)
+def agent_for(server: Server, *, refresh_margin: float = 57.0) -> ProviderRegistrationAgent:
     return ProviderRegistrationAgent(
         store=server.store, endpoint=server.endpoint, events=server.events, resolver=None,
-        contact_host="127.0.0.1", **settings,  # type: ignore[arg-type]
+        contact_host="127.0.0.1", poll_interval=0.2, refresh_margin=refresh_margin, retry_base=300.0,
     )
 
 
-async def wait_state(agent: ProviderRegistrationAgent, predicate: object, seconds: float = 10.0) -> None:
+async def wait_state(agent: ProviderRegistrationAgent, predicate: Callable[[ProviderRegistrationState], bool],
+                     seconds: float = 10.0) -> None:
     # The agent's states are polled: they are what the web API reads too.
     with trio.fail_after(seconds):
         while True:
-            if any(predicate(s) for s in agent.states()):  # type: ignore[operator]
+            if any(predicate(s) for s in agent.states()):
                 return
             await trio.sleep(0.05)
 
@@ -59,6 +65,7 @@ async def test_registration_reaches_200_and_refreshes(tmp_path: Path) -> None:
             running_server(tmp_path) as server:
         owner = provision(server, "acme", {"bob": (None, None)})
         await add_provider(server, owner, "kam", kamailio.address, expiry=60)
+        assert server.sip_address is not None
         agent = agent_for(server)
         subscription = server.events.subscribe(owner) if hasattr(server.events, "subscribe") else None
         async with trio.open_nursery() as nursery:
@@ -66,7 +73,7 @@ async def test_registration_reaches_200_and_refreshes(tmp_path: Path) -> None:
             await wait_state(agent, lambda s: s.status is RegistrationStatus.REGISTERED)
             first = agent.states()[0]
             assert first.aor == f"sip:{TRUNK_USER}@127.0.0.1"
-            assert first.contact == f"sip:{TRUNK_USER}@127.0.0.1:{server.sip_address[1]}"  # type: ignore[index]
+            assert first.contact == f"sip:{TRUNK_USER}@127.0.0.1:{server.sip_address[1]}"
             assert first.expires_at is not None and 50 < first.expires_at - time.time() <= 60
             # Expiry 60 with a 57 s margin: the refresh goes out about 3 s later.
             await wait_state(agent, lambda s: s.registrations >= 2)
@@ -75,7 +82,7 @@ async def test_registration_reaches_200_and_refreshes(tmp_path: Path) -> None:
             assert second.expires_at is not None and second.expires_at > first.expires_at
             accepted = kamailio.registrations()
             assert len(accepted) >= 2, accepted
-            assert f"sip:{TRUNK_USER}@127.0.0.1:{server.sip_address[1]}" in accepted[0]  # type: ignore[index]
+            assert f"sip:{TRUNK_USER}@127.0.0.1:{server.sip_address[1]}" in accepted[0]
             assert "expires=60" in accepted[0]
             nursery.cancel_scope.cancel()
         if subscription is not None:
@@ -134,8 +141,8 @@ async def test_a_call_to_the_registered_contact_reaches_the_suffix_account(tmp_p
             answers: list[int] = []
 
             async def call() -> None:
-                _, final = await outsider.invite(f"sip:{TRUNK_USER}@127.0.0.1", sdp(42000), from_user="15550001",
-                                                 from_domain="pstn.example", to=kamailio.address)
+                _, final = await outsider.invite_uri(f"sip:{TRUNK_USER}@127.0.0.1", sdp(42000), from_user="15550001",
+                                                     from_domain="pstn.example", to=kamailio.address)
                 answers.append(final.status)
                 assert b"m=audio 41000" in final.body
 
@@ -144,6 +151,6 @@ async def test_a_call_to_the_registered_contact_reaches_the_suffix_account(tmp_p
                 invite, source = await bob.request("INVITE")
                 assert invite.from_.uri.user == "15550001"
                 assert b"m=audio 42000" in invite.body
-                await bob.answer(invite, source, sdp(41000))
+                await bob.answer_request(invite, source, sdp(41000))
             assert answers == [200]
             nursery.cancel_scope.cancel()

@@ -55,8 +55,10 @@ class Dialog:
 
 
 class UA(Phone):
-    """A :class:`Phone` whose INVITE and answer steps take and give raw requests, sources
-    and SDP (these tests script both ends of callbacks); ``domain`` is its From host."""
+    """A :class:`Phone` with INVITE and answer steps of its own, which take and give raw
+    requests, sources and SDP (these tests script both ends of callbacks): :meth:`invite_uri`
+    and :meth:`answer_request` beside the phone's :meth:`~Phone.invite` and
+    :meth:`~Phone.answer`.  ``domain`` is its From host."""
 
     def __init__(self, server: tuple[str, int], user: str, *, domain: str = "127.0.0.1") -> None:
         super().__init__(server, user, from_host=domain)
@@ -70,7 +72,7 @@ class UA(Phone):
                        final: bool = True) -> Response:
         return await self.next_response(call_id=call_id, method=method, final=final, within=seconds)
 
-    async def invite(self, target: str, body: bytes, *, from_user: str | None = None,
+    async def invite_uri(self, target: str, body: bytes, *, from_user: str | None = None,
                      from_domain: str | None = None, to: tuple[str, int] | None = None) -> tuple[Request, Response]:
         """INVITE ``target`` (answering a 407 once); returns the request and its final
         response, ACKed.  ``from_user``/``from_domain`` let it pose as a foreign caller."""
@@ -99,7 +101,7 @@ class UA(Phone):
         return Dialog(ua=self, call_id=invite.call_id, local=invite.headers.get("From") or "",
                       remote=final.headers.get("To") or "", target=target, peer=peer, cseq=invite.cseq.number)
 
-    async def answer(self, invite: Request, source: tuple[str, int], body: bytes) -> Dialog:
+    async def answer_request(self, invite: Request, source: tuple[str, int], body: bytes) -> Dialog:
         tag = new_tag()
         await self.send(self._reply(invite, 180, tag), source)
         await self.send(self._reply(invite, 200, tag, body), source)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -86,7 +85,7 @@ def provision(
     return owner.id
 
 
-def rows(server: Server, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row | tuple[Any, ...]]:
+def rows(server: Server, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     return server.store.query_all(sql, params)
 
 
@@ -139,7 +138,7 @@ class Phone:
         self.auto_ack = True  # ACK 2xx to our INVITEs as they come
         self.send_trying = True  # answer each INVITE with 100 Trying at once
 
-    async def start(self, nursery: trio.Nursery, host: str = "127.0.0.1") -> Phone:
+    async def start(self, nursery: trio.Nursery, host: str = "127.0.0.1") -> Self:
         await self.sock.bind((host, 0))
         self.local = self.sock.getsockname()
         nursery.start_soon(self._reader)
@@ -203,7 +202,7 @@ class Phone:
 
     # -- registering --------------------------------------------------------------------------
     def _request(self, method: str, uri: str, *, to: str, call_id: str, from_tag: str,
-                 extra: list[tuple[str, str]] = (), body: bytes = b"",  # type: ignore[assignment]
+                 extra: Iterable[tuple[str, str]] = (), body: bytes = b"",
                  cseq: int | None = None, content_type: str = "application/sdp") -> Request:
         if cseq is None:
             self.cseq += 1
@@ -254,17 +253,16 @@ class Phone:
 
     # -- calling ---------------------------------------------------------------------------------
     async def invite(self, target_user: str, *, body: bytes | None = None, max_forwards: int = 70,
-                     extra: list[tuple[str, str]] = (), authenticate: bool = True) -> Call:  # type: ignore[assignment]
+                     extra: Iterable[tuple[str, str]] = (), authenticate: bool = True) -> Call:
         """Send an INVITE to ``target_user@127.0.0.1``; answer a 407 once.  Returns the
         call (the test then waits for its responses)."""
         uri = f"sip:{target_user}@127.0.0.1:{self.server[1]}"
-        call = Call(phone=self, call_id=secrets.token_hex(8) + "@uac", from_tag=new_tag(), uri=uri,
-                    to=f"<sip:{target_user}@127.0.0.1>")
-        call.body = body if body is not None else sdp("127.0.0.1", 40000)
+        call_id, from_tag, to = secrets.token_hex(8) + "@uac", new_tag(), f"<sip:{target_user}@127.0.0.1>"
+        offer = body if body is not None else sdp("127.0.0.1", 40000)
         headers = [*extra]
-        call.invite = self._request("INVITE", uri, to=call.to, call_id=call.call_id, from_tag=call.from_tag,
-                                    extra=headers, body=call.body)
-        call.invite = call.invite.replace(headers=call.invite.headers.with_replaced("Max-Forwards", str(max_forwards)))
+        invite = self._request("INVITE", uri, to=to, call_id=call_id, from_tag=from_tag, extra=headers, body=offer)
+        invite = invite.replace(headers=invite.headers.with_replaced("Max-Forwards", str(max_forwards)))
+        call = Call(phone=self, call_id=call_id, from_tag=from_tag, uri=uri, to=to, invite=invite, body=offer)
         await self.send(call.invite)
         if authenticate:
             first = await self.next_response(call_id=call.call_id, final=True)
@@ -320,7 +318,7 @@ class Phone:
 
     # -- answering --------------------------------------------------------------------------------
     def reply(self, incoming: Incoming, status: int, *, body: bytes = b"", to_tag: str | None = None,
-              headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+              headers: Iterable[tuple[str, str]] = ()) -> Response:
         extra = list(headers)
         if status > 100:
             extra.append(("Contact", self.contact))
@@ -347,13 +345,13 @@ class Call:
     from_tag: str
     uri: str
     to: str
-    invite: Request = None  # type: ignore[assignment]
+    invite: Request  # the last one sent (the second if the first was challenged)
     body: bytes = b""
     final: Response | None = None
     cseq: int = 10
 
     def _in_dialog(self, method: str, *, cseq: int | None = None, body: bytes = b"",
-                   content_type: str = "application/sdp", extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
+                   content_type: str = "application/sdp", extra: Iterable[tuple[str, str]] = ()) -> Request:
         assert self.final is not None
         contact = self.final.contacts[0].uri if self.final.contacts else URI.parse(self.uri)
         to = self.final.headers.get("To") or self.to
@@ -389,7 +387,7 @@ class Call:
         return await self.phone.next_response(call_id=self.call_id, method="BYE", final=True)
 
     async def send_in_dialog(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
-                             headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+                             headers: Iterable[tuple[str, str]] = ()) -> Response:
         """A request other than INVITE/ACK/BYE in the dialog; its final response."""
         request = self._in_dialog(method, body=body, content_type=content_type, extra=list(headers))
         await self.phone.send(request)
@@ -422,7 +420,7 @@ class Answered:
     cseq: int = 1
 
     def request(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
-                extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
+                extra: Iterable[tuple[str, str]] = ()) -> Request:
         contact = self.invite.contacts[0].uri
         self.cseq += 1
         headers = [
@@ -440,7 +438,7 @@ class Answered:
         return Request(method=method, uri=contact, headers=Headers(headers), body=body)
 
     async def send_in_dialog(self, method: str, body: bytes = b"", *, content_type: str = "application/sdp",
-                             headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+                             headers: Iterable[tuple[str, str]] = ()) -> Response:
         """A request other than INVITE/ACK/BYE in the dialog; its final response."""
         request = self.request(method, body, content_type=content_type, extra=list(headers))
         await self.phone.send(request, self.peer)

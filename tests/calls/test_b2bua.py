@@ -300,7 +300,7 @@ async def _bridged_from_private_addresses(tmp_path: Path) -> AsyncIterator[tuple
 async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) -> None:
     async with _bridged_from_private_addresses(tmp_path) as (bob, carol, call, callee, _):
         # The caller re-offers (hold, a new port) from a private address again.
-        reoffer_task_result: list[object] = []
+        reoffer_task_result: list[bytes] = []
 
         async def callee_answers() -> None:
             re = await bob.next_request("INVITE")
@@ -326,7 +326,7 @@ async def test_reinvite_relayed_with_private_addresses_replaced(tmp_path: Path) 
             nursery.start_soon(caller_answers)
             back = await callee.reinvite(sdp("10.9.8.7", 41004))
         assert back.status == 200
-        assert _c_line(reoffer_task_result[1]) == "c=IN IP4 127.0.0.1"  # type: ignore[arg-type]
+        assert _c_line(reoffer_task_result[1]) == "c=IN IP4 127.0.0.1"
         assert _c_line(back.body) == "c=IN IP4 127.0.0.1"
 
 
@@ -866,7 +866,7 @@ async def _stoppable_server(tmp_path: Path) -> AsyncIterator[tuple[Server, trio.
                                  http_port=free_port(socket.SOCK_STREAM), domain="127.0.0.1"))
     scope = trio.CancelScope()
 
-    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(*, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
             await server.run(task_status=task_status)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -171,7 +172,10 @@ async def _caller_acts(plan: Plan, alice: Phone, call: Call) -> None:
         raw.sendto(make_cancel(call.invite).to_bytes(), alice.server)
 
 
-def _take(queue: list) -> list:  # type: ignore[type-arg]
+T = TypeVar("T")
+
+
+def _take(queue: list[T]) -> list[T]:
     taken = list(queue)
     queue.clear()
     return taken

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import trio
@@ -30,7 +31,7 @@ async def _no_response(phone: Phone, call_id: str, method: str, seconds: float) 
 
 
 def _invite_to_bob(alice: Phone, server: Server, call_id: str, tag: str, *, cseq: int = 1,
-                   extra: list[tuple[str, str]] = ()) -> Request:  # type: ignore[assignment]
+                   extra: Iterable[tuple[str, str]] = ()) -> Request:
     """alice's INVITE to bob through the server, exactly as given (no challenge answered)."""
     assert server.sip_address is not None
     return alice.build("INVITE", f"sip:bob@127.0.0.1:{server.sip_address[1]}",

@@ -54,7 +54,8 @@ async def test_in_calls_find_the_account_or_say_why_not(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
         provision(server, accounts={"bob": (None, None), "eve": (None, None)})
         async with phones(server, "bob", "bob", "eve", "carol@example.com") as (bob1, bob2, eve, carol):
-            host = f"127.0.0.1:{server.sip_address[1]}"  # type: ignore[index]
+            assert server.sip_address is not None
+            host = f"127.0.0.1:{server.sip_address[1]}"
             assert await _final_status(carol, f"sip:nobody@{host}", "<sip:nobody@127.0.0.1>") == (
                 404, "Not Found (no such account)")
             assert await _final_status(carol, "sip:bob@elsewhere.example", "<sip:bob@elsewhere.example>") == (

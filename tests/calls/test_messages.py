@@ -6,11 +6,13 @@ outside senders reach our accounts only."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import trio
 
 from engine.locate import Resolver
 from engine.server import Server
+from sip.message import Request, Response
 from tests.calls.helpers import (
     PASSWORD,
     Incoming,
@@ -23,6 +25,13 @@ from tests.calls.helpers import (
 from tests.calls.test_dns_failover import start_dnsmasq
 from tests.engine.test_locate import require_dnsmasq
 from tests.integration.phones import Baresip
+
+
+class MessageOptions(TypedDict, total=False):
+    """Phone.message()'s options."""
+
+    max_forwards: int
+    authenticate: bool
 
 
 def _uri(server: Server, user: str, host: str = "127.0.0.1") -> str:
@@ -41,7 +50,7 @@ async def test_a_message_reaches_every_device_and_the_sender_hears_the_acceptanc
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": (None, None), "bob": (None, None)})
         async with phones(server, "alice", "bob", "bob") as (alice, bob1, bob2), trio.open_nursery() as nursery:
-            sent: list[tuple[object, ...]] = []
+            sent: list[tuple[Request, Response]] = []
 
             async def send() -> None:
                 sent.append(await alice.message(_uri(server, "bob"), "Lunch at one?",
@@ -63,8 +72,8 @@ async def test_a_message_reaches_every_device_and_the_sender_hears_the_acceptanc
             assert second.request.body == copy.body
             assert second.request.call_id != copy.call_id
         request, final = sent[0]
-        assert (final.status, final.reason) == (200, "OK")  # type: ignore[attr-defined]
-        assert copy.call_id != request.call_id  # type: ignore[attr-defined]
+        assert (final.status, final.reason) == (200, "OK")
+        assert copy.call_id != request.call_id
 
 
 async def test_the_sender_hears_the_best_refusal_or_why_nothing_was_sent(tmp_path: Path) -> None:
@@ -90,7 +99,7 @@ async def test_the_sender_hears_the_best_refusal_or_why_nothing_was_sent(tmp_pat
             await _answer(bob2, 200)  # too late: the sender has its answer
 
         async with phones(server, "alice", "carol@example.com") as (alice, carol):
-            for phone, uri, options, expected in [
+            cases: list[tuple[Phone, str, MessageOptions, tuple[int, str]]] = [
                 (alice, _uri(server, "nobody"), {}, (404, "Not Found (no such account)")),
                 (carol, "sip:bob@elsewhere.example", {"authenticate": False},
                  (404, "Not Found (messages go to this server's accounts only)")),
@@ -98,8 +107,9 @@ async def test_the_sender_hears_the_best_refusal_or_why_nothing_was_sent(tmp_pat
                 (alice, _uri(server, "dora"), {"max_forwards": 0}, (483, "Too Many Hops")),
                 (carol, _uri(server, "dora"), {"authenticate": False},
                  (480, "Temporarily Unavailable (no device registered)")),
-            ]:
-                _, final = await phone.message(uri, "hi", **options)  # type: ignore[arg-type]
+            ]
+            for phone, uri, options, expected in cases:
+                _, final = await phone.message(uri, "hi", **options)
                 assert (final.status, final.reason) == expected, uri
 
 

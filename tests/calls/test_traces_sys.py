@@ -40,6 +40,13 @@ class _Inbox(Message):
         self.messages.append(message)
 
 
+def _text(mail: email.message.Message) -> str:
+    """The body of a one-part mail, decoded."""
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
 async def _wait_mail(inbox: _Inbox, count: int) -> list[email.message.Message]:
     with trio.fail_after(10):
         while len(inbox.messages) < count:  # noqa: ASYNC110 - filled by the SMTP server's thread
@@ -63,7 +70,7 @@ async def test_trace_mail_reaches_smtp_and_trace_false_suppresses_it(tmp_path: P
                 await bob.send(bob.reply(ringing, 486, to_tag="b"), ringing.source)
                 assert (await carol.final(call)).status == 486
                 mails = await _wait_mail(inbox, 1)
-                body = mails[0].get_payload(decode=True).decode()  # type: ignore[union-attr]
+                body = _text(mails[0])
                 assert mails[0]["To"] == "owner@example.com"
                 lines = body.splitlines()
                 assert lines[0].startswith("Dialplan trace commenced at")
@@ -96,7 +103,7 @@ async def test_trace_mail_lands_in_the_outbox_without_smtp(tmp_path: Path) -> No
                 await trio.sleep(0.05)
         mail = email.message_from_bytes(next(outbox.glob("*.eml")).read_bytes())
         assert mail["To"] == "owner@example.com"
-        assert "DialPlan=> to the outbox" in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+        assert "DialPlan=> to the outbox" in _text(mail)
 
 
 @asynccontextmanager

@@ -119,7 +119,8 @@ class Dnsmasq:
         query = dns.message.make_query("a.test", "A")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
+                assert self.process.stderr is not None
+                raise RuntimeError(f"dnsmasq exited: {self.process.stderr.read()!r}")
             try:
                 dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.2)
                 return
@@ -144,8 +145,8 @@ def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
         server.stop()
 
 
-def resolver_for(server: Dnsmasq, **kwargs: object) -> Resolver:
-    return Resolver(("127.0.0.1", server.port), timeout=3.0, **kwargs)  # type: ignore[arg-type]
+def resolver_for(server: Dnsmasq) -> Resolver:
+    return Resolver(("127.0.0.1", server.port), timeout=3.0)
 
 
 def t(ip: str, port: int, transport: str = "UDP") -> Target:

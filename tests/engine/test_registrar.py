@@ -5,6 +5,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 import trio
@@ -82,24 +83,39 @@ async def send(env: Env, request: Request, now: float = NOW) -> Response:
                                                    local=LOCAL, now=now)
 
 
+class RegisterOptions(TypedDict, total=False):
+    """What register() takes besides the user, host, CSeq and credentials."""
+
+    call_id: str
+    contacts: list[str] | None
+    expires: str | None
+    extra: list[str] | None
+
+
 async def authed(env: Env, user: str = "alice", password: str = "secret", *,
                  algorithm: DigestAlgorithm = DigestAlgorithm.MD5, now: float = NOW,
-                 host: str = "example.com", **kw: object) -> Response:
+                 host: str = "example.com", cseq: int = 1, **kw: Unpack[RegisterOptions]) -> Response:
     """The two-step exchange a phone does: REGISTER, 401, REGISTER with credentials."""
-    cseq = int(kw.pop("cseq", 1))  # type: ignore[call-overload]
-    first = await send(env, register(user, host=host, cseq=cseq, **kw), now)  # type: ignore[arg-type]
+    first = await send(env, register(user, host=host, cseq=cseq, **kw), now)
     assert first.status == 401
     challenge = choose_challenge(first.headers.get_all("WWW-Authenticate"), supported=(algorithm,))
     assert challenge is not None
     value = authorization_for(challenge, "REGISTER", f"sip:{host}", user, password)
-    return await send(env, register(user, host=host, cseq=cseq + 1, authorization=value, **kw), now)  # type: ignore[arg-type]
+    return await send(env, register(user, host=host, cseq=cseq + 1, authorization=value, **kw), now)
+
+
+def found(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text``, which must match."""
+    match = re.search(pattern, text)
+    assert match is not None, text
+    return match.group(1)
 
 
 def contacts_of(response: Response) -> dict[str, int]:
     out: dict[str, int] = {}
     for value in response.headers.get_all("Contact"):
         uri = value[value.index("<") + 1 : value.index(">")]
-        out[uri] = int(re.search(r";expires=(\d+)", value).group(1))  # type: ignore[union-attr]
+        out[uri] = int(found(r";expires=(\d+)", value))
     return out
 
 
@@ -107,7 +123,7 @@ async def test_first_register_is_challenged_with_sha256_then_md5(env: Env) -> No
     response = await send(env, register())
     assert response.status == 401
     challenges = response.headers.get_all("WWW-Authenticate")
-    assert [re.search(r"algorithm=([\w-]+)", c).group(1) for c in challenges] == ["SHA-256", "MD5"]  # type: ignore[union-attr]
+    assert [found(r"algorithm=([\w-]+)", c) for c in challenges] == ["SHA-256", "MD5"]
     assert all('realm="local"' in c and 'qop="auth"' in c for c in challenges)
     assert response.to.tag
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,15 @@ def binding(account_id: int, n: int, *, aor: str = "alice@local") -> Binding:
         expires_at=1000.0 + n, call_id=f"call-{n}", cseq=n, user_agent="phone/1",
         registered_at=float(n),
     )
+
+
+def insert_kv(key: str) -> Callable[[sqlite3.Connection], sqlite3.Cursor]:
+    """A write that adds ``key`` to customer 1's key-value store."""
+
+    def op(conn: sqlite3.Connection) -> sqlite3.Cursor:
+        return conn.execute("INSERT INTO kv (customer_id, key, value, updated) VALUES (1, ?, 'v', 0)", (key,))
+
+    return op
 
 
 def seeded(tmp_path: Path) -> tuple[Store, int]:
@@ -272,9 +282,7 @@ async def test_write_soon_commits_without_a_waiter_and_logs_a_failure(
         await nursery.start(store.run_writer)
         for n in range(20):
             # Several queued at once go in one batch, with awaited writes beside them.
-            store.write_soon(lambda conn, n=n: conn.execute(  # type: ignore[misc]
-                "INSERT INTO kv (customer_id, key, value, updated) VALUES (1, ?, 'v', 0)", (f"k{n}",)),
-                what=f"key {n}")
+            store.write_soon(insert_kv(f"k{n}"), what=f"key {n}")
         store.write_soon(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"), what="the bad one")
         await store.save_bindings([binding(account_id, 1)])
         nursery.cancel_scope.cancel()
@@ -432,7 +440,9 @@ async def test_the_key_value_store_refuses_what_no_dialplan_may_write(tmp_path: 
     from engine.records import CallRecords
 
     store, _ = seeded(tmp_path)
-    customer_id = store.directory().account("alice", "local").customer_id  # type: ignore[union-attr]
+    alice = store.directory().account("alice", "local")
+    assert alice is not None
+    customer_id = alice.customer_id
     records = CallRecords(store)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_writer)
@@ -451,9 +461,7 @@ async def test_a_finished_writer_commits_what_is_queued_then_returns(tmp_path: P
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run_writer)
             for n in range(3):
-                store.write_soon(lambda conn, n=n: conn.execute(
-                    "INSERT INTO kv (customer_id, key, value, updated) VALUES (1, ?, 'v', 0)", (f"k{n}",)),
-                    what=f"k{n}")
+                store.write_soon(insert_kv(f"k{n}"), what=f"k{n}")
             store.finish_writer()
     assert [r[0] for r in store.query_all("SELECT key FROM kv ORDER BY key")] == ["k0", "k1", "k2"]
     store.close()

@@ -6,10 +6,17 @@ import time
 
 import trio
 
+from engine.events import Event
 from engine.server import Server
 from sip.headers import Via
 from sip.message import Response
 from tests.integration.sipclient import TCPClient, UDPClient
+
+
+def sip_address(server: Server) -> tuple[str, int]:
+    """Where the running server's SIP listens."""
+    assert server.sip_address is not None
+    return server.sip_address
 
 
 def add_account(server: Server, user: str, password: str, *, keepalive: bool = False) -> None:
@@ -22,7 +29,7 @@ def add_account(server: Server, user: str, password: str, *, keepalive: bool = F
 
 async def test_binding_records_the_real_source_not_the_contact(server: Server) -> None:
     add_account(server, "alice", "alice-pw")
-    async with UDPClient(server.sip_address) as phone:
+    async with UDPClient(sip_address(server)) as phone:
         ok = await phone.register("alice", "alice-pw", contact="<sip:alice@10.0.0.99:5060>")
         assert ok.status == 200
         assert "sip:alice@10.0.0.99:5060" in (ok.headers.get("Contact") or "")
@@ -33,7 +40,7 @@ async def test_binding_records_the_real_source_not_the_contact(server: Server) -
 
 
 async def test_response_via_carries_received_and_rport(server: Server) -> None:
-    async with UDPClient(server.sip_address) as phone:
+    async with UDPClient(sip_address(server)) as phone:
         # The Via claims an address the request did not come from.
         request = phone.request("OPTIONS", "sip:127.0.0.1")
         lying = request.headers.with_first_value_removed("Via").with_added(
@@ -49,7 +56,7 @@ async def test_keepalives_go_to_flagged_accounts_only(server: Server) -> None:
     # The fixture sends keep-alives every second.
     add_account(server, "natted", "pw1", keepalive=True)
     add_account(server, "direct", "pw2")
-    async with UDPClient(server.sip_address) as natted, UDPClient(server.sip_address) as direct:
+    async with UDPClient(sip_address(server)) as natted, UDPClient(sip_address(server)) as direct:
         assert (await natted.register("natted", "pw1")).status == 200
         assert (await direct.register("direct", "pw2")).status == 200
         started = trio.current_time()
@@ -63,7 +70,7 @@ async def test_keepalives_go_to_flagged_accounts_only(server: Server) -> None:
 
 async def test_register_over_tcp_answers_on_the_same_connection(server: Server) -> None:
     add_account(server, "alice", "alice-pw")
-    async with TCPClient(server.sip_address) as phone:
+    async with TCPClient(sip_address(server)) as phone:
         # Both the challenge and the 200 come back over this connection (register()
         # reads nowhere else).
         ok = await phone.register("alice", "alice-pw")
@@ -82,7 +89,7 @@ async def test_register_over_tcp_answers_on_the_same_connection(server: Server) 
 async def test_five_wrong_passwords_lock_the_account_out(server: Server) -> None:
     add_account(server, "alice", "alice-pw")
     with server.events.subscribe(None, types=["auth"]) as events:
-        async with UDPClient(server.sip_address) as phone:
+        async with UDPClient(sip_address(server)) as phone:
             for _ in range(5):
                 wrong = await phone.register("alice", "guess")
                 assert wrong.status == 401
@@ -90,7 +97,7 @@ async def test_five_wrong_passwords_lock_the_account_out(server: Server) -> None
         assert locked.status == 403
         assert "locked out" in locked.reason
         assert server.registrar.lookup("alice@127.0.0.1", time.time()) == []
-        seen = []
+        seen: list[Event] = []
         with trio.fail_after(2):
             while not any(e.data.get("kind") == "lockout" for e in seen):
                 seen.append(await events.receive())
@@ -108,7 +115,7 @@ async def test_unknown_and_known_users_get_alike_answers(server: Server) -> None
         challenge = [v.split("nonce=")[0] for v in response.headers.get_all("WWW-Authenticate")]
         return response.status, response.reason, names, challenge
 
-    async with UDPClient(server.sip_address) as scanner:
+    async with UDPClient(sip_address(server)) as scanner:
         known = await scanner.register("1000", None)
         unknown = await scanner.register("1001", None)
         assert known.status == 401

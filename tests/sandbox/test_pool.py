@@ -6,6 +6,7 @@ import os
 import signal
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -64,7 +65,7 @@ async def test_trivial_dialplans_stay_fast_next_to_twenty_hostile_ones() -> None
                 for index in range(20):
                     source = hostile_sources[index % len(hostile_sources)]
                     nursery.start_soon(
-                        lambda s=source: pool.run(s, request=REQUEST, context=CONTEXT, host=RecordingHost())
+                        partial(pool.run, source, request=REQUEST, context=CONTEXT, host=RecordingHost())
                     )
             hostile_done.set()
 

@@ -14,7 +14,7 @@ from engine.simulator import CallOutcome, CallSpec, simulate
 from sandbox import Outcome, SandboxPool
 from sandbox.errors import WorkerProtocolError
 from sandbox.facade import Sys
-from sandbox.framing import encode_frame, parse_worker_frame_untrusted
+from sandbox.framing import CallFrame, encode_frame, parse_worker_frame_untrusted
 from tests.sandbox.conftest import CONTEXT, REQUEST, RecordingHost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,8 @@ def test_json_shaped_garbage_raises_only_the_protocol_error(message: dict[str, o
 def test_a_valid_call_frame_is_accepted() -> None:
     frame = encode_frame({"op": "call", "id": 3, "name": "Dial", "args": ["1@x", 0, 0], "log": ["a"]})
     parsed = parse_worker_frame_untrusted(frame[4:])
-    assert parsed.name == "Dial" and parsed.args == ("1@x", 0, 0)  # type: ignore[union-attr]
+    assert isinstance(parsed, CallFrame)
+    assert parsed.name == "Dial" and parsed.args == ("1@x", 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from sip.digest import (
     DigestChallenger,
     DigestCredentials,
     DigestVerdict,
+    HA1Lookup,
     authorization_for,
     choose_challenge,
     compute_ha1,
@@ -23,7 +24,7 @@ NOW = 1_800_000_000.0
 URI = "sip:example.com"
 
 
-def store_for(users: dict[str, str]):
+def store_for(users: dict[str, str]) -> HA1Lookup:
     def lookup(username: str, algorithm: DigestAlgorithm) -> str | None:
         password = users.get(username)
         return None if password is None else compute_ha1(username, REALM, password, algorithm)
@@ -42,7 +43,7 @@ def answer(challenger: DigestChallenger, *, algorithm: str = "MD5", user: str = 
 
 
 def verify(challenger: DigestChallenger, authorization: str, *, now: float = NOW,
-           lookup=LOOKUP) -> DigestVerdict:
+           lookup: HA1Lookup = LOOKUP) -> DigestVerdict:
     credentials = parse_credentials(authorization)
     assert credentials is not None
     return challenger.verify(credentials, method="REGISTER", realm=REALM, lookup=lookup, now=now)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sip.errors import SDPError, SIPValueError
 from sip.parse import parse_message_untrusted
-from sip.sdp import SessionDescription, mentions_private_ipv4, rewrite_connection_addresses
+from sip.sdp import Media, SessionDescription, mentions_private_ipv4, rewrite_connection_addresses
 
 TORTURE = Path(__file__).resolve().parents[2].parent / "shared" / "sip-torture"
 
@@ -177,7 +177,8 @@ def test_hostile_bodies_raise_only_sdp_error(lines: list[bytes], eol: bytes) -> 
         rewritten = rewrite_connection_addresses(candidate, "203.0.113.1")
         # The rewrite's output is itself SDP with no private IPv4 left in c= lines.
         again = SessionDescription.parse(rewritten)
-        for media in (again, *again.media):
+        sections: tuple[SessionDescription | Media, ...] = (again, *again.media)
+        for media in sections:
             connection = media.connection
             if connection is not None:
                 assert not connection.address.startswith(("10.", "192.168."))

@@ -70,6 +70,22 @@ def sends(actions: list[Action]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
 
 
+def statuses(sent: list[Send]) -> list[int]:
+    """The status of each response sent (all of them must be responses)."""
+    out = []
+    for send in sent:
+        assert isinstance(send.message, Response)
+        out.append(send.message.status)
+    return out
+
+
+def received_by(actions: list[Action]) -> ServerTransaction:
+    """The new server transaction of the RequestReceived that ``actions`` start with."""
+    first = actions[0]
+    assert isinstance(first, RequestReceived)
+    return first.transaction
+
+
 def kinds(actions: list[Action]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
@@ -347,7 +363,7 @@ def test_new_invite_gets_100_trying_once_the_tu_has_seen_it() -> None:
     actions = layer.receive(invite, PEER, "UDP", 0.0)
 
     assert kinds(actions) == ["RequestReceived", "TryingDue"]
-    tx = actions[0].transaction  # type: ignore[union-attr]
+    tx = received_by(actions)
     assert isinstance(tx, ServerTransaction) and actions[1] == TryingDue(tx)
     assert tx.source == PEER and tx.transport == "UDP" and tx.request == invite
     trying = layer.trying(tx, 0.0)
@@ -364,7 +380,7 @@ def test_an_invite_the_tu_answers_at_once_gets_no_100() -> None:
     layer = TransactionLayer()
     invite = make_request("INVITE")
     actions = layer.receive(invite, PEER, "UDP", 0.0)
-    tx = actions[0].transaction  # type: ignore[union-attr]
+    tx = received_by(actions)
     assert isinstance(tx, ServerTransaction)
     challenge = make_response(invite, 407, to_tag="me")
 
@@ -388,8 +404,7 @@ def test_retransmitted_invite_gets_the_latest_provisional() -> None:
     layer = TransactionLayer()
     invite = make_request("INVITE")
     tx = new_server_tx(layer, invite)
-    assert [s.message.status for s in sends(  # type: ignore[union-attr]
-        layer.receive(invite, PEER, "UDP", 0.5))] == [100]
+    assert statuses(sends(layer.receive(invite, PEER, "UDP", 0.5))) == [100]
     ringing = make_response(invite, 180, to_tag="me")
     assert layer.respond(tx, ringing, 1.0) == [Send(ringing, PEER, "UDP")]
 
@@ -439,7 +454,7 @@ def test_a_stateless_challenge_leaves_no_transaction_and_no_timer() -> None:
     invite = make_request("INVITE")
     actions = layer.receive(invite, PEER, "UDP", 0.0)
     assert kinds(actions) == ["RequestReceived", "TryingDue"]
-    tx = actions[0].transaction  # type: ignore[union-attr]
+    tx = received_by(actions)
     challenge = make_response(invite, 407, to_tag="t1")
 
     # The TU answers before the shell carries out TryingDue: no 100 goes out after.
@@ -451,7 +466,7 @@ def test_a_stateless_challenge_leaves_no_transaction_and_no_timer() -> None:
     # The retransmitted INVITE is new to the layer: the TU sees it and answers again.
     again = layer.receive(invite, PEER, "UDP", 0.5)
     assert kinds(again) == ["RequestReceived", "TryingDue"]
-    layer.respond_statelessly(again[0].transaction, challenge, 0.5)  # type: ignore[union-attr]
+    layer.respond_statelessly(received_by(again), challenge, 0.5)
     # Its ACK (with the INVITE's branch, or one of its own) goes to the TU to ignore.
     ack = make_request("ACK", branch=invite.branch)
     assert kinds(layer.receive(ack, PEER, "UDP", 0.6)) == ["AckReceived"]
@@ -570,7 +585,7 @@ def response_destination_for(
         "OPTIONS", via_host=via_host, via_port=via_port, via_params=via_params,
         transport=transport)
     actions = layer.receive(request, source, transport, 0.0)
-    tx = actions[0].transaction  # type: ignore[union-attr]
+    tx = received_by(actions)
     assert isinstance(tx, ServerTransaction)
     (send,) = sends(layer.respond(tx, make_response(request, 200), 0.0))
     assert send.transport == transport

@@ -262,7 +262,7 @@ def test_headers_lookup_by_any_spelling() -> None:
     assert replaced.get("i") == "new@host" and [n for n, _ in replaced][2] == "Call-ID"
 
 
-@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+@given(st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40))
 def test_escape_user_gives_a_user_part_that_reads_back_as_the_text(text: str) -> None:
     uri = URI.parse(f"sip:{escape_user(text)}@example.com")
     assert uri.unescaped_user == text and uri.host == "example.com"

@@ -4,21 +4,16 @@ the owner's SSE stream within 100 ms of the call, and no other customer's stream
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import trio
 
+from engine.softphone import SoftPhone
 from tests.engine.test_samples_live import phone, provision, running_server
 from tests.web.test_console_webcallback import EventStream
 
 DIALPLAN = 'sys.Log("console sees %s" % req.URI.User)\nsys.Respond(486, "Busy here")\n'
-
-
-@dataclass
-class _Address:
-    url: str
 
 
 async def _login(url: str, user: str) -> str:
@@ -37,10 +32,10 @@ async def test_a_dialplan_log_line_reaches_the_console_within_100_ms(tmp_path: P
         owner = server.store.customer_by_name("acme")
         assert owner is not None
         server.store.put_dialplan(owner.id, "out", DIALPLAN, now=time.time())
-        mine = await EventStream.open(_Address(server.http_address), await _login(server.http_address, "acme"),
-                                      "?types=dialplan")  # type: ignore[arg-type]
-        theirs = await EventStream.open(_Address(server.http_address), await _login(server.http_address, "other"),
-                                        "?types=dialplan")  # type: ignore[arg-type]
+        mine = await EventStream.open(server.http_address, await _login(server.http_address, "acme"),
+                                      "?types=dialplan")
+        theirs = await EventStream.open(server.http_address, await _login(server.http_address, "other"),
+                                        "?types=dialplan")
         try:
             alice = await phone(nursery, server, "alice")
             started = trio.current_time()
@@ -62,8 +57,8 @@ async def test_a_dialplan_log_line_reaches_the_console_within_100_ms(tmp_path: P
             await theirs.aclose()
 
 
-async def _call_and_ignore(alice: object) -> None:
+async def _call_and_ignore(alice: SoftPhone) -> None:
     try:
-        await alice.call("5551234")  # type: ignore[attr-defined]
+        await alice.call("5551234")
     except Exception:  # the dialplan answers 486: the phone reports a failed call
         pass

@@ -67,7 +67,8 @@ async def test_sip_account_crud_and_validation(web: WebServer) -> None:
         patched = await client.patch(f"/api/v1/sip-accounts/{account['id']}",
                                      json={"disabled": True, "password": "another1"})
         assert patched.json()["disabled"] is True
-        assert web.store.directory(force=True).account("1001", "local").disabled  # type: ignore[union-attr]
+        stored = web.store.directory(force=True).account("1001", "local")
+        assert stored is not None and stored.disabled
         page = (await client.get("/api/v1/sip-accounts", params={"user": "1001"})).json()
         assert page["total"] == 1 and page["limit"] == 50 and page["offset"] == 0
         assert (await client.delete(f"/api/v1/sip-accounts/{account['id']}")).status_code == 204
