@@ -190,7 +190,8 @@ async def test_our_accounts_write_to_addresses_elsewhere(tmp_path: Path) -> None
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": (None, None)})
         async with phones(server, "alice") as (alice,), trio.open_nursery() as nursery:
-            friend = await Phone(server.sip_address, "friend").start(nursery, host="127.0.0.2")  # type: ignore[arg-type]
+            assert server.sip_address is not None
+            friend = await Phone(server.sip_address, "friend").start(nursery, host="127.0.0.2")
             results, outcomes = trio.open_memory_channel[tuple[int, str]](1)
 
             async def send() -> None:
