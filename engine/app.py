@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE"
 SERVER_HEADER = ("Server", "dialspell")
+#: New requests refused at the door when the server is behind (see SIPApplication._behind).
+_SHED_METHODS = frozenset({"INVITE", "MESSAGE"})
 
 
 class SIPApplication:
@@ -98,8 +100,8 @@ class SIPApplication:
         # Responses/timeouts for client transactions belong to the call engine.
 
     def _behind(self, request: Request) -> bool:
-        """Shed load at the door: True for a new INVITE without credentials that waited
-        longer than ``overload_delay`` in the socket's queue.
+        """Shed load at the door: True for a new INVITE or MESSAGE without credentials
+        that waited longer than ``overload_delay`` in the socket's queue.
 
         A server that cannot keep up answers late; once a challenge takes longer than
         T1 (500 ms) clients retransmit, and the retransmissions add to the load that
@@ -114,7 +116,7 @@ class SIPApplication:
         limit = self.config.overload_delay
         if not limit:
             return False
-        if request.method != "INVITE":
+        if request.method not in _SHED_METHODS:
             return False
         assert self.endpoint is not None
         if self.endpoint.queue_delay() <= limit:

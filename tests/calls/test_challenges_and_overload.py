@@ -1,7 +1,8 @@
 """The door of the server.  Challenges keep no state (RFC 3261 8.2.7): a 401/407 leaves
 no transaction behind, is never retransmitted by the server, and a retransmitted request
 is challenged again with the same To tag.  A server that has fallen behind refuses new
-INVITEs without credentials (503) and carries on with those past their challenge."""
+INVITEs and MESSAGEs without credentials (503) and carries on with those past their
+challenge."""
 
 from __future__ import annotations
 
@@ -131,6 +132,33 @@ async def test_a_server_behind_sheds_new_invites_without_credentials(tmp_path: P
             await bob.send(bob.reply(incoming, 486), incoming.source)
             final = await alice.next_response(call_id="behind-1@uac", final=True)
             assert (final.status, final.cseq.number) == (486, 2)
+            assert server.endpoint.statistics()["shed"] == 1
+
+
+async def test_a_server_behind_sheds_new_messages_without_credentials_too(tmp_path: Path) -> None:
+    async with running_server(tmp_path, overload_delay=0.2) as server:
+        assert server.endpoint is not None and server.sip_address is not None
+        provision(server, accounts={"alice": (None, None), "bob": (None, None)})
+        async with phones(server, "alice", "bob") as (alice, bob):
+            uri = f"sip:bob@127.0.0.1:{server.sip_address[1]}"
+            message = alice.build("MESSAGE", uri, from_="<sip:alice@127.0.0.1>;tag=m1", to="<sip:bob@127.0.0.1>",
+                                  call_id="behind-3@msg", cseq=1, body=b"hi", content_type="text/plain")
+            _send_and_stall(alice, message)
+            shed = await alice.next_response(call_id="behind-3@msg", method="MESSAGE")
+            assert (shed.status, shed.reason) == (503, "Service Unavailable (overloaded)")
+            # Past its challenge, a message that waited is delivered.
+            await alice.send(message)
+            challenge = await alice.next_response(call_id="behind-3@msg", method="MESSAGE")
+            assert challenge.status == 407
+            answered = alice.build(
+                "MESSAGE", uri, from_="<sip:alice@127.0.0.1>;tag=m1", to="<sip:bob@127.0.0.1>",
+                call_id="behind-3@msg", cseq=2, body=b"hi", content_type="text/plain",
+                extra=[("Proxy-Authorization", alice._authorization(challenge, "MESSAGE", uri))])
+            _send_and_stall(alice, answered)
+            incoming = await bob.next_request("MESSAGE")
+            await bob.send(bob.reply(incoming, 200), incoming.source)
+            final = await alice.next_response(call_id="behind-3@msg", method="MESSAGE")
+            assert (final.status, final.cseq.number) == (200, 2)
             assert server.endpoint.statistics()["shed"] == 1
 
 
