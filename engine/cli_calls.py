@@ -64,8 +64,8 @@ def add_commands(subparsers: Any) -> None:
             "Start a server on free 127.0.0.1 ports with a temporary data directory, create "
             "a customer with accounts alice@local and bob@local and an Out dialplan for "
             "alice, register two simulated phones, call bob from alice through the "
-            "dialplan, hang up, and print the trace and the call detail records the server "
-            "stored."
+            "dialplan, send bob a text message, hang up, and print the trace and the call "
+            "detail records the server stored."
         ),
     )
     p.add_argument("--hold", type=seconds, default=1.0, metavar="SECONDS",

@@ -2,9 +2,9 @@
 
 It starts a server on free loopback ports with a temporary data directory, creates a
 customer with two accounts and an Out dialplan for alice, registers two simulated
-phones (engine/softphone.py), lets alice call bob through the dialplan, keeps the call
-up for a moment, hangs up, and prints what the server stored: the dialplan's trace and
-the call detail records.  Then it stops and removes the data directory (unless
+phones (engine/softphone.py), lets alice call bob through the dialplan and send him a
+text message (a MESSAGE, which runs no dialplan) while the call is up, hangs up, and
+prints what the server stored: the dialplan's trace and the call detail records.  Then it stops and removes the data directory (unless
 ``--keep``).  Exit 0 when the call went through, 1 otherwise.
 """
 
@@ -67,7 +67,7 @@ async def run_demo(data_dir: Path, hold: float, emit: Callable[[str], None]) -> 
     """The demo itself; every step is reported through ``emit``.  Returns the exit code."""
     from engine.server import Server  # the composition root: imported only when used
 
-    steps = 7
+    steps = 8
     step = 0
 
     def heading(text: str) -> None:
@@ -134,7 +134,12 @@ async def _call(server: Any, nursery: trio.Nursery, hold: float,
         with trio.fail_after(15):
             call = await alice.call("bob")
             answered = await bob.wait_answered()
-        heading(f"The call is up; alice hangs up after {hold:g} s")
+        heading("While the call is up, alice sends bob a text (SIP MESSAGE, no dialplan)")
+        with trio.fail_after(10):
+            sent = await alice.message("bob", "Can you hear me?")
+        if sent.status >= 300:
+            raise PhoneError("MESSAGE", sent.status, sent.reason)
+        heading(f"alice hangs up after {hold:g} s")
         await trio.sleep(hold)
         with trio.fail_after(10):
             response = await call.hang_up()

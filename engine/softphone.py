@@ -135,6 +135,7 @@ class SoftPhone:
         self.calls: dict[tuple[str, str, str], PhoneCall] = {}
         self.answered: list[PhoneCall] = []
         self.invites: list[Request] = []
+        self.messages: list[Request] = []  # MESSAGEs received (each answered 200)
         self._answered_send, self._answered_receive = trio.open_memory_channel[PhoneCall](16)
         self._endpoint: SIPEndpoint | None = None
         self._nursery: trio.Nursery | None = None
@@ -173,7 +174,8 @@ class SoftPhone:
 
     # -- client side ----------------------------------------------------------------------
     def _request(self, method: str, uri: str, *, to: str, call_id: str, from_tag: str,
-                 extra: list[tuple[str, str]], body: bytes = b"") -> Request:
+                 extra: list[tuple[str, str]], body: bytes = b"",
+                 content_type: str = "application/sdp") -> Request:
         self._cseq += 1
         headers = [
             ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport"),
@@ -187,7 +189,7 @@ class SoftPhone:
             *extra,
         ]
         if body:
-            headers.append(("Content-Type", "application/sdp"))
+            headers.append(("Content-Type", content_type))
         return Request(method=method, uri=URI.parse(uri), headers=Headers(headers), body=body)
 
     def _start(self, request: Request, destination: Address) -> _Waiter:
@@ -237,6 +239,28 @@ class SoftPhone:
         if not 200 <= response.status < 300:
             raise PhoneError("REGISTER", response.status, response.reason)
         self._event(f"registered {self.aor} (contact {self.contact})")
+        return response
+
+    async def message(self, target: str, text: str) -> Response:
+        """Send ``text`` to ``target`` (a user at our domain, or a ``sip:`` URI) as a
+        MESSAGE, answering one digest challenge; its final response."""
+        uri = target if target.startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
+        call_id, tag = f"{secrets.token_hex(8)}@{self.host}", new_tag()
+        body = text.encode()
+
+        def request(extra: list[tuple[str, str]]) -> Request:
+            return self._request("MESSAGE", uri, to=f"<{uri}>", call_id=call_id, from_tag=tag,
+                                 extra=extra, body=body, content_type="text/plain;charset=utf-8")
+
+        first = request([])
+        self._event(f"MESSAGE {uri}: {text!r}")
+        response = await self.send_request(first, self.server)
+        if response.status in (401, 407):
+            auth = self._answer_challenge(first, response)
+            if auth is not None:
+                self._event(f"{response.status} {response.reason}: answering the digest challenge")
+                response = await self.send_request(request([auth]), self.server)
+        self._event(f"MESSAGE answered {response.status} {response.reason}")
         return response
 
     async def call(self, target: str) -> PhoneCall:
@@ -380,9 +404,14 @@ class SoftPhone:
             self._nursery.start_soon(self._answer, tx, request)
         elif request.method in ("OPTIONS", "NOTIFY"):
             self._respond(tx, make_response(request, 200, to_tag=new_tag()))
+        elif request.method == "MESSAGE":
+            self.messages.append(request)
+            text = request.body.decode("utf-8", "replace")
+            self._event(f"message from {request.from_.uri}: {text!r}")
+            self._respond(tx, make_response(request, 200, to_tag=new_tag()))
         else:
             self._respond(tx, make_response(request, 405, to_tag=new_tag(),
-                                            headers=(("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),)))
+                                            headers=(("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE"),)))
 
     async def _answer(self, tx: ServerTransaction, request: Request) -> None:
         tag = new_tag()

@@ -16,7 +16,7 @@ def test_demo_places_a_call_through_the_dialplan_and_prints_trace_and_cdrs() -> 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout
     steps = [line for line in out.splitlines() if line.startswith("[")]
-    assert [s.split("]")[0] for s in steps] == [f"[{n}/7" for n in range(1, 8)]
+    assert [s.split("]")[0] for s in steps] == [f"[{n}/8" for n in range(1, 9)]
     # Both phones registered with digest, the call was challenged, rang and was answered.
     assert "alice: registered sip:alice@127.0.0.1" in out
     assert "bob: registered sip:bob@127.0.0.1" in out
@@ -25,13 +25,16 @@ def test_demo_places_a_call_through_the_dialplan_and_prints_trace_and_cdrs() -> 
     assert "bob: ACK received: call established" in out
     assert "bob: BYE received: 200 OK, call ended" in out
     assert "alice: BYE answered 200 OK" in out
+    # The text went to bob's phone through the server, once alice had answered the challenge.
+    assert "bob: message from sip:alice@127.0.0.1: 'Can you hear me?'" in out
+    assert "alice: MESSAGE answered 200 OK" in out
     # The stored trace holds the dialplan's own log line between its bracketing lines.
-    trace = out[out.index("[6/7]"):out.index("[7/7]")]
+    trace = out[out.index("[7/8]"):out.index("[8/8]")]
     assert "Dialplan trace commenced at" in trace
     assert "DialPlan=> alice is calling bob" in trace
     assert "Dialplan trace completed at" in trace
     # One CDR per leg, both answered and hung up by alice's BYE.
-    cdrs = [line.split() for line in out[out.index("[7/7]"):].splitlines()[2:4]]
+    cdrs = [line.split() for line in out[out.index("[8/8]"):].splitlines()[2:4]]
     assert [row[0] for row in cdrs] == ["caller", "callee"]
     assert all(row[4] == "200" for row in cdrs)
     assert "demo finished: the call went through the dialplan" in out
