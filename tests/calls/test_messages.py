@@ -5,9 +5,11 @@ outside senders reach our accounts only."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TypedDict
 
+import pytest
 import trio
 
 from engine.locate import Resolver
@@ -157,14 +159,16 @@ async def test_past_the_cap_a_message_waits_for_nobody(tmp_path: Path) -> None:
             await _answer(bob, 200)
 
 
-async def test_real_phones_send_and_receive_messages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_real_phones_send_and_receive_messages(tmp_path: Path, transport: str) -> None:
     # baresip sends with its contact module (and answers our challenge), and answers what
-    # it receives with 200 once its menu has shown the text.
+    # it receives with 200 once its menu has shown the text.  Over TCP, the message
+    # reaches bob over the connection he registered on.
     async with running_server(tmp_path) as server:
         provision(server, accounts={"alice": (None, None), "bob": (None, None), "dora": (None, None)})
         assert server.sip_address is not None
-        alice = Baresip(tmp_path, user="alice", password=PASSWORD, server=server.sip_address)
-        bob = Baresip(tmp_path, user="bob", password=PASSWORD, server=server.sip_address)
+        alice = Baresip(tmp_path, user="alice", password=PASSWORD, server=server.sip_address, transport=transport)
+        bob = Baresip(tmp_path, user="bob", password=PASSWORD, server=server.sip_address, transport=transport)
         config = alice.dir / "config"
         config.write_text(config.read_text() + "module_app contact.so\n")
         (alice.dir / "contacts").write_text(f'"Dora" <{_uri(server, "dora")}>\n')
@@ -180,6 +184,8 @@ async def test_real_phones_send_and_receive_messages(tmp_path: Path) -> None:
 
                 _, final = await carol.message(_uri(server, "bob"), "On my way")
                 assert final.status == 200
+                (binding,) = server.registrar.lookup("bob@127.0.0.1", time.time())
+                assert binding.transport == transport.upper()
             finally:
                 await alice.stop()
                 await bob.stop()
