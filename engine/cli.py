@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     root = parser.add_subparsers(dest="command", metavar="COMMAND")
     dialplan = root.add_parser("dialplan", help="check, run and manage dialplans")
     dialplan_sub = dialplan.add_subparsers(dest="dialplan_command", metavar="ACTION")
-    dialplan.set_defaults(func=lambda args: _missing_action(dialplan))
+    dialplan.set_defaults(func=show_help(dialplan))
     targets = {"root": root, "dialplan": dialplan_sub}
     for module_name, function, where in _CONTRIBUTORS:
         try:
@@ -112,9 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+def show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The ``func`` of a command group called without its action: the group's help on
+    stderr, exit code 2 (a usage error)."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from engine.cli import CommandFailed, fail
+from engine.cli import CommandFailed, fail, show_help
 from engine.config import DEFAULT_DATA_DIR
 from engine.schema import LOCAL_DOMAIN
 
@@ -29,7 +28,7 @@ def add_commands(subparsers: Any) -> None:
     """Register ``customer``, ``account`` and ``domain`` on the root subparsers."""
     customer = subparsers.add_parser("customer", help="add and list customers")
     customer_sub = customer.add_subparsers(dest="customer_command", metavar="ACTION")
-    customer.set_defaults(func=lambda args: _missing_action(customer))
+    customer.set_defaults(func=show_help(customer))
 
     p = customer_sub.add_parser("add", help="create a customer (owner of accounts and dialplans)")
     p.add_argument("name", help="the customer's unique name (also their console login)")
@@ -46,7 +45,7 @@ def add_commands(subparsers: Any) -> None:
 
     account = subparsers.add_parser("account", help="add and list SIP accounts")
     account_sub = account.add_subparsers(dest="account_command", metavar="ACTION")
-    account.set_defaults(func=lambda args: _missing_action(account))
+    account.set_defaults(func=show_help(account))
 
     p = account_sub.add_parser(
         "add", help="create a SIP account",
@@ -77,7 +76,7 @@ def add_commands(subparsers: Any) -> None:
 
     domain = subparsers.add_parser("domain", help="add and list served SIP domains")
     domain_sub = domain.add_subparsers(dest="domain_command", metavar="ACTION")
-    domain.set_defaults(func=lambda args: _missing_action(domain))
+    domain.set_defaults(func=show_help(domain))
 
     p = domain_sub.add_parser(
         "add", help="serve a SIP domain",
@@ -101,11 +100,6 @@ def add_commands(subparsers: Any) -> None:
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=_DATA_DIR_HELP)
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 @contextmanager

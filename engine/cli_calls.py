@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine.cli import deferred, seconds
+from engine.cli import deferred, seconds, show_help
 from engine.cli import fail as _fail
 from engine.cli_admin import open_store, print_listing
 from engine.cli_dialplan import compile_errors
@@ -115,7 +115,7 @@ def add_commands(subparsers: Any) -> None:
 
     provider = subparsers.add_parser("provider", help="add and list customers' SIP providers")
     provider_sub = provider.add_subparsers(dest="provider_command", metavar="ACTION")
-    provider.set_defaults(func=lambda args: _missing_action(provider))
+    provider.set_defaults(func=show_help(provider))
     p = provider_sub.add_parser(
         "add", help="add a SIP provider (trunk) for a customer",
         description=(
@@ -151,7 +151,7 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
     if parser is None:
         parser = subparsers.add_parser(name, help=help_text)
         created = parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
-        parser.set_defaults(func=lambda args: _missing_action(parser))
+        parser.set_defaults(func=show_help(parser))
         return created
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -162,12 +162,6 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=_DATA_DIR_HELP)
-
-
-def _missing_action(parser: argparse.ArgumentParser | None) -> int:
-    if parser is not None:
-        parser.print_help(sys.stderr)
-    return 2
 
 
 

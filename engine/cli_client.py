@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli import positive_int
+from engine.cli import positive_int, show_help
 from engine.config import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:
@@ -371,13 +371,6 @@ def _run(func: Any) -> Any:
     return wrapped
 
 
-def _missing(parser: argparse.ArgumentParser) -> Any:
-    def show(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-    return show
-
-
 def _local_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="read this data directory instead of asking the server you are logged in to "
@@ -401,7 +394,7 @@ def add_commands(subparsers: Any) -> None:
 
     trace = subparsers.add_parser("trace", help="list and show dialplan traces")
     trace_sub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
-    trace.set_defaults(func=_missing(trace))
+    trace.set_defaults(func=show_help(trace))
     p = trace_sub.add_parser("list", help="the newest traces")
     p.add_argument("--limit", type=positive_int, default=50, help="how many (default %(default)s)")
     _local_options(p)
@@ -413,7 +406,7 @@ def add_commands(subparsers: Any) -> None:
 
     cdr = subparsers.add_parser("cdr", help="list call detail records")
     cdr_sub = cdr.add_subparsers(dest="cdr_command", metavar="ACTION")
-    cdr.set_defaults(func=_missing(cdr))
+    cdr.set_defaults(func=show_help(cdr))
     p = cdr_sub.add_parser("list", help="the newest call detail records")
     p.add_argument("--limit", type=positive_int, default=50, help="how many (default %(default)s)")
     _local_options(p)
