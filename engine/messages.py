@@ -186,7 +186,8 @@ class Delivery:
         return True
 
     def settle(self) -> None:
-        """Answer the sender once a device accepted, or once every device has answered."""
+        """Answer the sender once a copy is accepted (or refused with a 6xx), or once every
+        copy has its answer."""
         if self.done:
             return
         if any(branch.final is None for branch in self.branches) and not self._decisive():
@@ -218,7 +219,7 @@ class Delivery:
         status, reason = min(finals)
         if status == 503:
             # RFC 3261 16.7: a 503 from the next hop is not the sender's to retry.
-            return 500, "Server Internal Error (the device is unavailable)"
+            return 500, "Server Internal Error (the next hop is unavailable)"
         if status in (401, 407):
             return 403, "Forbidden (the next hop asked for credentials)"
         return status, reason
@@ -236,7 +237,8 @@ class Delivery:
 
 
 class Branch:
-    """One device's copy of a message: the context of its client transaction."""
+    """One copy of a message (to a device, or to an address elsewhere): the context of
+    its client transaction."""
 
     def __init__(self, delivery: Delivery, request: Request) -> None:
         self.delivery: Delivery | None = delivery
