@@ -47,8 +47,10 @@ class ServerConfig:
     executions_per_customer: int = 5
     executions_per_server: int = 1000
     retry_after: int = 5
-    # Instant messages (MESSAGE, engine/messages.py) waiting for devices' answers.
+    # Instant messages (MESSAGE, engine/messages.py) waiting for devices' answers: in
+    # all, and from one source address.
     max_pending_messages: int = 1000
+    max_pending_messages_per_source: int = 50
     # Overload: a new INVITE without credentials that waited longer than
     # this (seconds) in the UDP socket's queue gets 503 + Retry-After; 0 turns it off.
     overload_delay: float = 0.4

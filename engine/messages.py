@@ -13,8 +13,10 @@ reach our accounts only.  No dialplan runs for a message.
 Each copy is a request of its own (new Call-ID, From tag and Via) with the sender's
 From and To, the Content-Type and body, and Max-Forwards one less; nothing else of the
 original crosses.  Over UDP a copy larger than 1,300 bytes is not sent (RFC 3428 5: a
-MESSAGE that size needs a congestion-controlled transport): it counts as a 513.  At most ``ServerConfig.max_pending_messages`` messages wait for devices at
-once; past that a new one gets 503 with Retry-After.
+MESSAGE that size needs a congestion-controlled transport): it counts as a 513.  At
+most ``ServerConfig.max_pending_messages`` messages wait for answers at once, and
+``max_pending_messages_per_source`` from one IP address; past either a new one gets 503
+with Retry-After.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class MessageRelay:
     def __init__(self, engine: CallEngine) -> None:
         self.engine = engine
         self.pending = 0
+        # Messages waiting for answers, by the sender's IP address (only those with some).
+        self.pending_from: dict[str, int] = {}
 
     def handle(self, tx: ServerTransaction) -> None:
         engine = self.engine
@@ -86,13 +90,17 @@ class MessageRelay:
         if isinstance(recipient, Refusal):
             self._refuse(tx, recipient)
             return
-        if self.pending >= engine.config.max_pending_messages:
-            self._refuse(tx, Refusal(503, "Service Unavailable (too many messages waiting for delivery)",
-                                     (("Retry-After", str(engine.config.retry_after)),)))
+        config, source = engine.config, tx.source[0]
+        busy = None
+        if self.pending >= config.max_pending_messages:
+            busy = "Service Unavailable (too many messages waiting for delivery)"
+        elif self.pending_from.get(source, 0) >= config.max_pending_messages_per_source:
+            busy = "Service Unavailable (too many of your messages waiting for delivery)"
+        if busy is not None:
+            self._refuse(tx, Refusal(503, busy, (("Retry-After", str(config.retry_after)),)))
             return
         if recipient is None:
             assert engine.nursery is not None
-            self.pending += 1
             engine.nursery.start_soon(self._send_outside, Delivery(self, tx, sender, None))
             return
         bindings = engine.registrar.bindings_of(recipient.id, now)
@@ -100,7 +108,6 @@ class MessageRelay:
             self._refuse(tx, Refusal(480, "Temporarily Unavailable (no device registered)"))
             return
         delivery = Delivery(self, tx, sender, recipient)
-        self.pending += 1
         for binding in bindings:
             delivery.send(binding.contact, binding.received, binding.transport)
         delivery.settle()
@@ -117,6 +124,20 @@ class MessageRelay:
             delivery.alternates = targets[1:]
             delivery.send(uri, targets[0], "UDP")
         delivery.settle()
+
+    def started(self, delivery: Delivery) -> None:
+        self.pending += 1
+        source = delivery.tx.source[0]
+        self.pending_from[source] = self.pending_from.get(source, 0) + 1
+
+    def finished(self, delivery: Delivery) -> None:
+        self.pending -= 1
+        source = delivery.tx.source[0]
+        left = self.pending_from[source] - 1
+        if left:
+            self.pending_from[source] = left
+        else:
+            del self.pending_from[source]
 
     def _refuse(self, tx: ServerTransaction, refusal: Refusal) -> None:
         endpoint = self.engine.endpoint
@@ -145,6 +166,7 @@ class Delivery:
         # Further targets of the Request-URI's host, tried in turn (RFC 3263 4.3).
         self.alternates: list[Address] = []
         self.done = False
+        relay.started(self)
 
     def send(self, uri: URI, destination: Address, transport: str) -> None:
         """A copy of the message to ``uri`` at ``destination``."""
@@ -193,7 +215,7 @@ class Delivery:
         if any(branch.final is None for branch in self.branches) and not self._decisive():
             return
         self.done = True
-        self.relay.pending -= 1
+        self.relay.finished(self)
         for branch in self.branches:
             branch.release()
         status, reason = self._verdict()

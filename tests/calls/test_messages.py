@@ -159,6 +159,38 @@ async def test_past_the_cap_a_message_waits_for_nobody(tmp_path: Path) -> None:
             await _answer(bob, 200)
 
 
+async def test_one_address_cannot_hold_every_waiting_place(tmp_path: Path) -> None:
+    async with running_server(tmp_path, max_pending_messages_per_source=1) as server:
+        provision(server, accounts={"bob": (None, None)})
+        assert server.sip_address is not None
+        async with phones(server, "bob", "carol@example.com") as (bob, carol), trio.open_nursery() as nursery:
+            erin = await Phone(server.sip_address, "erin", from_host="example.net").start(nursery, host="127.0.0.2")
+            nursery.start_soon(carol.message, _uri(server, "bob"), "first")
+            waiting = await bob.next_request("MESSAGE")  # carol's, not answered yet
+            _, final = await carol.message(_uri(server, "bob"), "second")
+            assert (final.status, final.reason) == (
+                503, "Service Unavailable (too many of your messages waiting for delivery)")
+            assert final.headers.get("Retry-After") == "5"
+            # Another address is not held up by carol's.
+            nursery.start_soon(erin.message, _uri(server, "bob"), "from erin")
+            assert (await _answer(bob, 200)).request.from_.uri.user == "erin"
+            await bob.send(bob.reply(waiting, 200, to_tag="dev"), waiting.source)
+            await trio.sleep(0.2)
+            results, outcomes = trio.open_memory_channel[int](1)
+
+            async def third() -> None:
+                _, final = await carol.message(_uri(server, "bob"), "third")
+                await results.send(final.status)
+
+            nursery.start_soon(third)
+            assert (await _answer(bob, 200)).request.body == b"third"
+            with trio.fail_after(5):
+                assert await outcomes.receive() == 200
+            assert server.calls.messages is not None and server.calls.messages.pending_from == {}
+            erin.close()
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_real_phones_send_and_receive_messages(tmp_path: Path, transport: str) -> None:
     # baresip sends with its contact module (and answers our challenge), and answers what
