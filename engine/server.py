@@ -235,9 +235,11 @@ def tune_collector() -> None:
     collector's way.  What a call or a registration leaves behind for the 32 s its
     transactions linger is kept as bytes and tuples the collector does not visit, so
     young collections find little to keep, and full collections (which walk everything)
-    are made rare.  Measured for 30 s at 400 calls/s (bench/calls): Python's default
-    thresholds ran 13 full collections of up to 111 ms; these ran none, young ones of at
-    most 5 ms and middle ones of at most 12 ms (p99 INVITE->180 20 ms).  A young
+    are made rare.  Measured for 30 s at 400 calls/s (bench/calls) when this was set:
+    Python's default thresholds ran 13 full collections of up to 111 ms; these ran none,
+    young ones of at most 5 ms and middle ones of at most 12 ms (p99 INVITE->180 20 ms).
+    Measured again later, young collections took 5-30 ms each at 400/s (BENCHMARKS.md,
+    where switching the collector off still gained nothing measurable).  A young
     threshold of 50,000 made young collections of up to 36 ms; 2,000 cost registrations
     7 % of their rate at 2,000/s (bench/register).  A server run inside another program
     (the tests, ``dialspell demo``) gets the same: with the defaults, a full collection
