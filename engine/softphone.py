@@ -135,7 +135,6 @@ class SoftPhone:
         self.calls: dict[tuple[str, str, str], PhoneCall] = {}
         self.answered: list[PhoneCall] = []
         self.invites: list[Request] = []
-        self.messages: list[Request] = []  # MESSAGEs received (each answered 200)
         self._answered_send, self._answered_receive = trio.open_memory_channel[PhoneCall](16)
         self._endpoint: SIPEndpoint | None = None
         self._nursery: trio.Nursery | None = None
@@ -192,6 +191,10 @@ class SoftPhone:
             headers.append(("Content-Type", content_type))
         return Request(method=method, uri=URI.parse(uri), headers=Headers(headers), body=body)
 
+    def _target_uri(self, target: str) -> str:
+        """``target`` as a URI: a ``sip:``/``sips:`` URI as it is, else a user at our domain."""
+        return target if target.startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
+
     def _start(self, request: Request, destination: Address) -> _Waiter:
         assert self._endpoint is not None, "start the phone with nursery.start(phone.run)"
         waiter = _Waiter()
@@ -244,7 +247,7 @@ class SoftPhone:
     async def message(self, target: str, text: str) -> Response:
         """Send ``text`` to ``target`` (a user at our domain, or a ``sip:`` URI) as a
         MESSAGE, answering one digest challenge; its final response."""
-        uri = target if target.startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
+        uri = self._target_uri(target)
         call_id, tag = f"{secrets.token_hex(8)}@{self.host}", new_tag()
         body = text.encode()
 
@@ -266,7 +269,7 @@ class SoftPhone:
     async def call(self, target: str) -> PhoneCall:
         """Call ``target`` (a user at our domain, or a ``sip:`` URI) and return the
         established call; raises :class:`PhoneError` with the final failure."""
-        uri = target if target.startswith(("sip:", "sips:")) else f"sip:{target}@{self.domain}"
+        uri = self._target_uri(target)
         call_id = f"{secrets.token_hex(8)}@{self.host}"
         tag = new_tag()
         offer = self.sdp()
@@ -405,7 +408,6 @@ class SoftPhone:
         elif request.method in ("OPTIONS", "NOTIFY"):
             self._respond(tx, make_response(request, 200, to_tag=new_tag()))
         elif request.method == "MESSAGE":
-            self.messages.append(request)
             text = request.body.decode("utf-8", "replace")
             self._event(f"message from {request.from_.uri}: {text!r}")
             self._respond(tx, make_response(request, 200, to_tag=new_tag()))
