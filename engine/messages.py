@@ -201,8 +201,7 @@ class Delivery:
         assert endpoint is not None
         branch.release()
         self.branches.remove(branch)
-        host, port = endpoint.local
-        via = sent_via("UDP", advertised(host), port, new_branch())
+        via = _our_via("UDP", endpoint.local)
         request = branch.request.replace(headers=branch.request.headers.with_replaced("Via", via))
         self._start(Branch(self, request), self.alternates.pop(0), "UDP")
         return True
@@ -299,7 +298,7 @@ def _copy(request: Request, uri: URI, transport: str, local: Address) -> Request
     max_forwards = request.max_forwards
     from_ = request.from_
     items: list[tuple[str, str]] = [
-        ("Via", sent_via(transport, advertised(local[0]), local[1], new_branch())),
+        ("Via", _our_via(transport, local)),
         ("Max-Forwards", str((max_forwards if max_forwards is not None else 70) - 1)),
         ("From", str(from_.with_tag(new_tag()))),
         ("To", str(request.to.without_tag())),
@@ -312,3 +311,9 @@ def _copy(request: Request, uri: URI, transport: str, local: Address) -> Request
         if value is not None:
             items.append((name, value))
     return Request(method="MESSAGE", uri=uri, headers=Headers(items), body=request.body)
+
+
+def _our_via(transport: str, local: Address) -> str:
+    """A Via of ours with a new branch: each copy, and each retry of one, is a new
+    transaction."""
+    return sent_via(transport, advertised(local[0]), local[1], new_branch())
