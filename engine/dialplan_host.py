@@ -26,6 +26,7 @@ from engine.dialstring import (
     drop_duplicates,
     parse_dial_string,
 )
+from engine.executions import ExecutionCounts, LocalExecutionCounts
 from engine.forking import Forker, PlannedLeg, caller_answer
 from engine.legs import (
     ANSWERED_AFTER_CANCEL,
@@ -84,6 +85,7 @@ class DialplanRunner:
         limits: RunnerLimits,
         allow_email: Callable[[int], bool] = lambda customer_id: False,
         wall_clock: Callable[[], float] = time.time,
+        counts: ExecutionCounts | None = None,
     ) -> None:
         self.pool = pool
         self.records = records
@@ -94,8 +96,9 @@ class DialplanRunner:
         self.allow_email = allow_email
         self.wall_clock = wall_clock
         self.engine: CallEngine | None = None
-        self.executions_by_customer: dict[int, int] = {}
-        self.executions = 0
+        # The running executions, against ``limits``: this process's own by default, or
+        # those of every server process when it is one of several (engine.executions).
+        self.counts: ExecutionCounts = counts if counts is not None else LocalExecutionCounts()
 
     # -- entry points from the call engine --------------------------------------------------
     async def run_out(self, call: Call) -> None:
@@ -136,22 +139,26 @@ class DialplanRunner:
         if len(call.chain) >= MAX_CHAIN:
             leg.reject(483, "Too Many Hops (dialplan chain too deep)")
             return
-        if self.executions >= self.limits.per_server:
+        refused = self.counts.try_start(account.customer_id, self.limits.per_customer, self.limits.per_server)
+        if refused == "server":
             leg.reject(503, "Server busy", headers=(("Retry-After", str(self.limits.retry_after)),))
             return
-        running = self.executions_by_customer.get(account.customer_id, 0)
-        if running >= self.limits.per_customer:
+        if refused == "customer":
             self.engine.publish(call, "limit", limit="concurrency", reason=CONCURRENCY_REASON)
             leg.reject(480, CONCURRENCY_REASON)
             return
-        source, trace_email = self.records.dialplan(account.customer_id, name)
+        # Counted from here on: each way out gives the place back.
+        try:
+            source, trace_email = self.records.dialplan(account.customer_id, name)
+        except BaseException:
+            self.counts.finish(account.customer_id)
+            raise
         if source is None:
+            self.counts.finish(account.customer_id)
             leg.reject(404, f"Not Found (no dialplan named {name!r})")
             return
         call.chain = (*call.chain, key)
         host = DialplanHost(runner=self, call=call, dialplan=name)
-        self.executions += 1
-        self.executions_by_customer[account.customer_id] = running + 1
         host.trace_line(f"Dialplan trace commenced at {_stamp(self.wall_clock())}.")
         host.trace_sip("received", leg.request.wire or leg.request.to_bytes())
         self.engine.publish(call, "dialplan", state="started", dialplan=name)
@@ -164,12 +171,7 @@ class DialplanRunner:
                 host=host,
             )
         finally:
-            self.executions -= 1
-            left = self.executions_by_customer.get(account.customer_id, 1) - 1
-            if left:
-                self.executions_by_customer[account.customer_id] = left
-            else:
-                self.executions_by_customer.pop(account.customer_id, None)
+            self.counts.finish(account.customer_id)
             self._finish(call, host, result)
             self._store_trace(call, host, name, trace_email, result)
 
@@ -639,7 +641,7 @@ class DialplanHost(CallbackMethods):
         return HostReply(value=[str(b.contact) for b in bindings])
 
     async def _sys_GetCurrentCallCount(self) -> HostReply:
-        return HostReply(value=self.engine.current_call_count(self._owner()))
+        return HostReply(value=await self.engine.count_calls(self._owner()))
 
     def _owner(self) -> int:
         assert self.active.account is not None
