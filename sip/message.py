@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -70,13 +71,36 @@ os.register_at_fork(after_in_child=_ENTROPY.forget)
 random_hex = _ENTROPY.hex
 
 
+#: What starts every branch and tag this process makes (after the magic cookie): empty
+#: for a server of one process; ``q<index>-`` in each process of a server of several,
+#: so that a response or an in-dialog request that reached the wrong process names
+#: the one that owns its transaction or dialog (see :func:`owner_mark`).
+_mark = ""
+
+
+def mark_identifiers(index: int | None) -> None:
+    """Start every branch and tag made from now on with process ``index``'s mark (None:
+    no mark).  Called once, before the process sends anything."""
+    global _mark
+    _mark = "" if index is None else f"q{index}-"
+
+
+def mark_of(identifier: str) -> int | None:
+    """The process index an identifier of ours starts with (:func:`mark_identifiers`),
+    or None."""
+    if identifier[:1] != "q":
+        return None
+    number, dash, _ = identifier[1:5].partition("-")
+    return int(number) if dash and number.isdigit() else None
+
+
 def new_branch() -> str:
-    """A fresh RFC 3261 branch (magic cookie + 96 random bits)."""
-    return MAGIC_COOKIE + random_hex(12)
+    """A fresh RFC 3261 branch (magic cookie, this process's mark, 96 random bits)."""
+    return MAGIC_COOKIE + _mark + random_hex(12)
 
 
 def new_tag() -> str:
-    return random_hex(6)
+    return _mark + random_hex(6)
 
 
 #: What starts every :func:`stateless_tag` and no other tag of ours (those are hex).
@@ -117,6 +141,30 @@ def acks_stateless_answer(data: bytes) -> bool:
     line_end = data.find(b"\r\n", start + 2, end + 2)
     params = data.rfind(b">", start, line_end) + 1 or start
     return data.find(_STATELESS_TAG_PARAM, params, line_end) != -1
+
+
+_MARKED_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hG4bKq([0-9]{1,3})-", re.IGNORECASE)
+_MARKED_TO_TAG = re.compile(rb"\r\n(?:to|t)[ \t]*:[^\r\n]*?;[ \t]*tag[ \t]*=[ \t]*q([0-9]{1,3})-", re.IGNORECASE)
+
+
+def owner_mark(data: bytes) -> int | None:
+    """The process mark (:func:`mark_identifiers`) that says who owns ``data``: for a
+    response, its top Via's branch (ours: the first branch in the message); for a
+    request, its To tag (ours once a dialog exists).  None when there is none: a new
+    request, or a message about something no process of ours started."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end == -1 else data[: end + 2]
+    if head.startswith(b"SIP/2.0 "):
+        via = _FIRST_BRANCH.search(head)
+        if via is None:
+            return None
+        mark = _MARKED_BRANCH.match(head, via.start())
+    else:
+        mark = _MARKED_TO_TAG.search(head)
+    return int(mark.group(1)) if mark is not None else None
+
+
+_FIRST_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=", re.IGNORECASE)
 
 
 def new_call_id(host: str) -> str:

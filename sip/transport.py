@@ -18,20 +18,31 @@ Robustness rules (a burst of garbage must never stop the server from serving oth
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hmac
 import logging
+import marshal
+import os
 import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import trio
 
 from sip.errors import SIPParseError
 from sip.frozen import fast_init
-from sip.message import Request, Response, acks_stateless_answer, make_response, stateless_tag
+from sip.message import (
+    Request,
+    Response,
+    acks_stateless_answer,
+    make_response,
+    owner_mark,
+    stateless_tag,
+)
 from sip.parse import StreamFramer, parse_message_untrusted
 from sip.transaction import Action, Address, Send, TransactionLayer, TryingDue
 from sip.validate import parse_error_response
@@ -86,6 +97,72 @@ class Incoming:
 
 EventHandler = Callable[[Action], None]
 
+#: Requests a process of a shared port handles itself when they start something new;
+#: every other new request goes to process 0 (registrations, messages, options...).
+_STARTED_ANYWHERE = frozenset({b"INVITE", b"ACK", b"CANCEL"})
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPort:
+    """This endpoint is one of several processes serving one UDP port (Linux
+    ``SO_REUSEPORT``: the kernel gives each datagram to one of them by a hash of its
+    source address and port).
+
+    ``peers[i]`` is the loopback UDP address of process ``i``'s hand-over socket, and
+    ``fd`` this process's (bound by whoever started the group, so that the addresses
+    are known to all and stay the same when a process is started again): a message
+    that reached the wrong process is handed on there in an envelope that keeps its
+    source and starts with ``token``, without which an envelope is ignored (any local
+    user can send to a loopback port).  UDP rather than ``AF_UNIX`` datagrams because
+    Linux queues at most ``net.unix.max_dgram_qlen`` (10 by default) of those per
+    socket, and a busy moment hands on more.  Which process is right: the mark in a response's branch or a request's To
+    tag (:func:`sip.message.owner_mark`; each process must call
+    :func:`sip.message.mark_identifiers` with its index); for a new INVITE (and its
+    ACK or CANCEL) whichever process the kernel chose; for any other new request,
+    process 0, which alone also listens on TCP and keeps the TCP connections (the others
+    send over TCP through it)."""
+
+    index: int
+    peers: tuple[Address, ...]
+    token: bytes
+    fd: int
+    #: Request-URI user -> (process, monotonic deadline): that process expects a new
+    #: call to this user (a callback it asked for) and takes its INVITE, ACK and CANCEL.
+    claims: dict[str, tuple[int, float]] = field(default_factory=dict, compare=False)
+
+    def owner(self, data: bytes) -> int:
+        mark = owner_mark(data)
+        if mark is not None:
+            return mark if mark < len(self.peers) else self.index
+        if data.startswith(b"SIP/2.0 "):
+            return self.index
+        space = data.find(b" ", 0, 20)
+        if data[:space] not in _STARTED_ANYWHERE:
+            return 0
+        if self.claims:
+            return self._claimed(data, space + 1)
+        return self.index
+
+    def claim(self, users: Iterable[str], index: int, seconds: float) -> None:
+        """Process ``index`` takes new calls to ``users`` for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        for user in users:
+            self.claims[user.lower()] = (index, deadline)
+
+    def _claimed(self, data: bytes, start: int) -> int:
+        end = data.find(b"@", start, start + 300)
+        colon = data.find(b":", start, end)
+        if end == -1 or colon == -1:
+            return self.index
+        user = data[colon + 1:end].decode("utf-8", "replace").lower()
+        claim = self.claims.get(user)
+        if claim is None:
+            return self.index
+        if claim[1] < time.monotonic():
+            del self.claims[user]
+            return self.index
+        return claim[0] if claim[0] < len(self.peers) else self.index
+
 
 class _Connection:
     __slots__ = ("stream", "peer", "send_channel", "receive_channel", "last_activity")
@@ -113,6 +190,7 @@ class SIPEndpoint:
         handler: EventHandler,
         layer: TransactionLayer | None = None,
         limits: TransportLimits | None = None,
+        shared: SharedPort | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -128,19 +206,24 @@ class SIPEndpoint:
         self._armed_deadline = float("inf")
         self._timers_seen = -1
         self.counters = {"udp_in": 0, "tcp_in": 0, "bad": 0, "dropped": 0, "sent": 0, "shed": 0,
-                         "icmp_errors": 0, "stateless_acks": 0}
+                         "icmp_errors": 0, "stateless_acks": 0, "handed_on": 0, "handed_in": 0}
         # The kernel's receive time of the datagram being handled (a timespec's bytes),
         # for queue_delay(); None while a stream message is handled.
         self._stamp: bytes | None = None
         self._timestamps = False
         self._recverr = False
         self._icmp_failed: list[tuple[bytes, Address, str]] = []
+        self.shared: SharedPort | None = shared
+        self._handover: socket.socket | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared = self.shared
+        if shared is not None:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Room for bursts: a registration storm arrives faster than one loop turn.
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
@@ -164,16 +247,24 @@ class SIPEndpoint:
         udp.bind((self.host, self.port))
         bound_port = udp.getsockname()[1]
         udp.setblocking(False)
-        listener = trio.socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            # UDP and TCP share the port number (RFC 3261 18: both on 5060 by default).
-            await listener.bind((self.host, bound_port))
-        except OSError:
-            udp.close()
-            listener.close()
-            raise
-        listener.listen(512)
+        listener: trio.socket.SocketType | None = None
+        if shared is None or shared.index == 0:
+            listener = trio.socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                # UDP and TCP share the port number (RFC 3261 18: both on 5060 by default).
+                await listener.bind((self.host, bound_port))
+            except OSError:
+                udp.close()
+                listener.close()
+                raise
+            listener.listen(512)
+        if shared is not None:
+            handover = socket.socket(fileno=os.dup(shared.fd))
+            with contextlib.suppress(OSError):
+                handover.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            handover.setblocking(False)
+            self._handover = handover
         self._udp = udp
         self.port = bound_port
         self.local = (self.host, bound_port)
@@ -182,15 +273,24 @@ class SIPEndpoint:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._udp_loop, trio_udp)
-                nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(listener))
+                if listener is not None:
+                    nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(listener))
+                if self._handover is not None:
+                    nursery.start_soon(self._handover_loop, self._handover)
                 nursery.start_soon(self._timer_loop)
-                log.info("SIP endpoint on udp+tcp %s:%d", self.host, bound_port)
+                log.info("SIP endpoint on %s %s:%d%s", "udp+tcp" if listener is not None else "udp",
+                         self.host, bound_port,
+                         "" if shared is None else f" (process {shared.index} of {len(shared.peers)})")
                 task_status.started(self.local)
             # (the nursery exits only when cancelled)
         finally:
             self._nursery = None
             trio_udp.close()
-            listener.close()
+            if listener is not None:
+                listener.close()
+            if self._handover is not None:
+                self._handover.close()
+                self._handover = None
 
     # -- sending --------------------------------------------------------------------------
     def perform(self, actions: list[Action]) -> None:
@@ -252,6 +352,10 @@ class SIPEndpoint:
         """Send raw bytes (also used for CRLF keep-alives).  Never blocks."""
         self.counters["sent"] += 1
         if transport.upper() == "TCP":
+            shared = self.shared
+            if shared is not None and shared.index != 0:
+                self._hand_on(0, b"O", data, destination, "TCP")  # process 0 holds the connections
+                return
             self._send_tcp(data, destination)
             return
         assert self._udp is not None
@@ -360,6 +464,7 @@ class SIPEndpoint:
         stamped = self._timestamps
         recvmsg = raw.recvmsg
         recvfrom = raw.recvfrom
+        shared = self.shared
         while True:
             # Counted before anything else, so a flood of keep-alives or ICMP errors
             # yields too.
@@ -389,6 +494,11 @@ class SIPEndpoint:
             self.counters["udp_in"] += 1
             if len(data) <= 4 and not data.strip(b"\r\n\x00 "):
                 continue  # keep-alive CRLF or empty datagram
+            if shared is not None:
+                owner = shared.owner(data)
+                if owner != shared.index:
+                    self._hand_on(owner, b"I", data, (addr[0], addr[1]), "UDP")
+                    continue
             self.receive_bytes(data, Incoming((addr[0], addr[1]), local, "UDP"))
 
     def receive_bytes(self, data: bytes, incoming: Incoming) -> None:
@@ -501,6 +611,11 @@ class SIPEndpoint:
                 return
             for raw in messages:
                 self.counters["tcp_in"] += 1
+                if self.shared is not None:
+                    owner = self.shared.owner(raw)
+                    if owner != self.shared.index:
+                        self._hand_on(owner, b"I", raw, conn.peer, "TCP")
+                        continue
                 self._stamp = stamp
                 self.receive_bytes(raw, incoming)
             if not messages and len(data) >= 4 and not data.strip(b"\r\n"):
@@ -517,6 +632,56 @@ class SIPEndpoint:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 scope.cancel()
                 return
+
+    # -- processes sharing the port ---------------------------------------------------------
+    def _hand_on(self, index: int, kind: bytes, data: bytes, peer: Address, transport: str) -> None:
+        """Send ``data`` to process ``index`` of the shared port: ``b"I"``, a message that
+        arrived here from ``peer`` for it to handle; ``b"O"``, one for it to send to
+        ``peer`` (over a TCP connection only it holds).  Lost like a datagram when that
+        process is not there (restarting): retransmissions cover it as they cover UDP."""
+        assert self.shared is not None and self._handover is not None
+        envelope = self.shared.token + marshal.dumps((kind, transport, peer[0], peer[1], data))
+        try:
+            self._handover.sendto(envelope, self.shared.peers[index])
+        except OSError as exc:
+            self.counters["dropped"] += 1
+            log.debug("could not hand a message on to process %d: %s", index, exc)
+            return
+        self.counters["handed_on"] += 1
+
+    async def _handover_loop(self, sock: socket.socket) -> None:
+        """Take what the other processes of the shared port hand on to this one."""
+        local = self.local
+        assert self.shared is not None
+        token = self.shared.token
+        skip = len(token)
+        taken = 0
+        while True:
+            taken += 1
+            if taken > _UDP_BATCH:
+                taken = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                envelope = sock.recv(MAX_DATAGRAM + 512)
+            except BlockingIOError:
+                taken = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not hmac.compare_digest(envelope[:skip], token):
+                self.counters["bad"] += 1
+                continue
+            try:
+                kind, transport, host, port, data = marshal.loads(envelope[skip:])
+            except (ValueError, EOFError, TypeError):
+                self.counters["bad"] += 1
+                continue
+            self.counters["handed_in"] += 1
+            if kind == b"O":
+                self._send_tcp(data, (host, port))
+                continue
+            # Handled here whatever its mark says: it is never handed on twice.
+            self._stamp = None
+            self.receive_bytes(data, Incoming((host, port), local, transport))
 
     # -- timers ---------------------------------------------------------------------------
     def _rearm_timer(self) -> None:
