@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from engine.calls import Call
 from engine.storage import Account, Customer
 from sip.headers import Headers
-from sip.message import Request, new_call_id, new_tag
+from sip.message import Request, mark_of, new_call_id, new_tag
 from sip.uri import URI
 
 if TYPE_CHECKING:
@@ -73,14 +73,62 @@ def web_request(account: Account, number: str, domain: str) -> Request:
     return Request(method="INVITE", uri=URI.parse(f"sip:{number}@{host}"), headers=headers)
 
 
+class OtherProcesses(Protocol):
+    """The primary's way to ask the other SIP processes (engine/processes.py)."""
+
+    async def ask(self, index: int, question: str, *args: Any) -> Any:
+        """Process ``index``'s answer (None if it does not answer in time)."""
+        ...
+
+    async def ask_each(self, question: str, *args: Any) -> list[Any]:
+        """The answers of every other process that answers in time."""
+        ...
+
+
 class CallControl:
     """Implements the web side's ``CallControl`` and ``WebcallbackRunner``."""
 
-    def __init__(self, *, engine: CallEngine, runner: DialplanRunner) -> None:
+    def __init__(self, *, engine: CallEngine, runner: DialplanRunner,
+                 others: OtherProcesses | None = None) -> None:
         self.engine = engine
         self.runner = runner
+        #: the other SIP processes of a multi-process server (their calls are theirs)
+        self.others = others
 
-    def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
+    async def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
+        calls = self.local_calls(customer_id)
+        if self.others is not None:
+            for theirs in await self.others.ask_each("calls", customer_id):
+                calls.extend(theirs)
+        return calls
+
+    async def hang_up(self, call_id: str, customer_id: int | None) -> bool:
+        owner = mark_of(call_id)  # bridge ids carry their process's mark
+        if self.others is not None and owner:
+            return bool(await self.others.ask(owner, "hang_up", call_id, customer_id))
+        return self.local_hang_up(call_id, customer_id)
+
+    async def count_everywhere(self, customer_id: int) -> int | None:
+        """A customer's established calls in every process (the primary's count)."""
+        counted = self.engine.current_call_count(customer_id)
+        if self.others is not None:
+            counted += sum(await self.others.ask_each("call_count", customer_id))
+        return counted
+
+    async def answer(self, question: str, *args: Any) -> Any:
+        """What this process says when another asks about its calls: the primary asks
+        the others for theirs; the others ask the primary for the count of all."""
+        if question == "calls":
+            return self.local_calls(*args)
+        if question == "hang_up":
+            return self.local_hang_up(*args)
+        if question == "call_count":
+            return self.engine.current_call_count(*args)
+        if question == "call_count_everywhere":
+            return await self.count_everywhere(*args)
+        raise ValueError(f"no such question: {question}")
+
+    def local_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
         calls: list[dict[str, Any]] = []
         now = time.time()
         for bridge_id, bridge in list(self.engine.bridges.items()):
@@ -106,7 +154,7 @@ class CallControl:
             )
         return calls
 
-    def hang_up(self, call_id: str, customer_id: int | None) -> bool:
+    def local_hang_up(self, call_id: str, customer_id: int | None) -> bool:
         bridge = self.engine.bridges.get(call_id)
         if bridge is None:
             return False

@@ -147,8 +147,12 @@ class CallbackAffinity:
         self.path = path
         self._clock = wall_clock
         self._entries: dict[str, float] = {}  # "user@domain" -> expires
+        #: Told of every claim (the processes of a multi-process server share them).
+        self.on_claim: Callable[[list[str], float], None] | None = None
 
     def claim(self, aors: list[str], seconds: float = AFFINITY_SECONDS) -> None:
+        if self.on_claim is not None:
+            self.on_claim(aors, seconds)
         expires = self._clock() + seconds
         for aor in aors:
             self._entries[aor.lower()] = max(expires, self._entries.get(aor.lower(), 0.0))

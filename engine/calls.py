@@ -143,8 +143,6 @@ class CallEngine:
         # (Call-ID, From tag, CSeq number) of each running call's INVITE: a copy of it
         # on another branch is a merged request (RFC 3261 8.2.2.2).
         self.running_invites: set[tuple[str, str, int]] = set()
-        self.executions_by_customer: dict[int, int] = {}
-        self.executions = 0
         self.bridges: dict[str, Bridge] = {}
         # Dialogs whose bridge ended in the last DIALOG_LINGER_SECONDS.
         self.ended_dialogs: set[tuple[str, str, str]] = set()
@@ -158,6 +156,9 @@ class CallEngine:
         self.callbacks: CallbackService | None = None
         # Delivers MESSAGEs outside dialogs (engine.messages), when the server has one.
         self.messages: MessageRelay | None = None
+        # A multi-process server's count of a customer's calls in all its processes
+        # (None from it: not known now).
+        self.count_everywhere: Callable[[int], Awaitable[int | None]] | None = None
 
     def attach(self, endpoint: SIPEndpoint, nursery: trio.Nursery) -> None:
         self.endpoint = endpoint
@@ -596,6 +597,15 @@ class CallEngine:
                 self.ended_dialogs.difference_update(keys)
         finally:
             self._forgetting = False
+
+    async def count_calls(self, customer_id: int) -> int:
+        """A customer's established calls in the whole server: in every process of a
+        multi-process one (``count_everywhere``, set by the server), else here."""
+        if self.count_everywhere is not None:
+            counted = await self.count_everywhere(customer_id)
+            if counted is not None:
+                return counted
+        return self.current_call_count(customer_id)
 
     def current_call_count(self, customer_id: int) -> int:
         count = 0

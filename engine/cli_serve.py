@@ -25,6 +25,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--http-host", default=None, help="address for HTTP (default: the SIP address)")
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: 8080)")
     p.add_argument("--domain", default=None, help="the SIP domain served by default (default: the SIP address)")
+    p.add_argument("--sip-processes", type=int, default=None, metavar="N",
+                   help="SIP processes sharing the port, one core each (Linux; default: 1)")
     p.add_argument("--tls-cert", type=Path, default=None, help="certificate (PEM) to serve HTTPS")
     p.add_argument("--tls-key", type=Path, default=None, help="private key (PEM) for --tls-cert")
     p.set_defaults(func=_serve)
@@ -46,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "http_host": args.http_host,
                 "http_port": args.http_port,
                 "domain": args.domain,
+                "sip_processes": args.sip_processes,
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
             },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class ServerConfig:
     executions_per_customer: int = 5
     executions_per_server: int = 1000
     retry_after: int = 5
+    # SIP processes sharing the port (Linux SO_REUSEPORT; engine/processes.py): one
+    # uses one core at most.
+    sip_processes: int = 1
     # Instant messages (MESSAGE, engine/messages.py) waiting for devices' answers: in
     # all, and from one source address.
     max_pending_messages: int = 1000
@@ -143,9 +147,14 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig
             raise ConfigError(f"{name} must be a whole number")
         if isinstance(default, float) and not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number")
+        if name == "sip_processes" and not 1 <= value <= MAX_SIP_PROCESSES:
+            raise ConfigError(f"sip_processes must be between 1 and {MAX_SIP_PROCESSES}")
+        if name == "sip_processes" and value > 1 and not sys.platform.startswith("linux"):
+            raise ConfigError("sip_processes above 1 needs Linux (SO_REUSEPORT): use 1 here")
         if name in _PORT_FIELDS and not 0 <= value <= 65535:
             raise ConfigError(f"{name} {value} is not a port number: use 1-65535 (0 picks a free one)")
     return ServerConfig(**values)
 
 
 _PORT_FIELDS = frozenset({"sip_port", "http_port", "smtp_port"})
+MAX_SIP_PROCESSES = 64

@@ -165,6 +165,7 @@ class EventBus:
             raise ValueError(f"unknown event types {sorted(type_set - EVENT_TYPES)}")
         sub = Subscription(self, owner, type_set, maxlen)
         self._by_owner.setdefault(owner, []).append(sub)
+        self._changed()
         return sub
 
     def publish(self, event: Event) -> None:
@@ -194,6 +195,11 @@ class EventBus:
             return
         if not subs:
             del self._by_owner[sub.owner]
+            self._changed()
+
+    def _changed(self) -> None:
+        """A subscription was added or an owner's last one removed (a hook for
+        :class:`engine.processes.PrimaryEventBus`)."""
 
     def statistics(self) -> dict[str, int]:
         """Subscription count, for monitoring."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from engine.auth import Authenticator, AuthOutcome
 from engine.events import Event, EventBus
@@ -85,6 +85,9 @@ class Registrar:
         self.default_expires = default_expires
         # account id -> its bindings in registration order (oldest first)
         self._bindings: dict[int, list[Binding]] = {}
+        #: Told of every change of an account's bindings (the other processes of a
+        #: multi-process server keep a copy of the table: engine/processes.py).
+        self.on_change: Callable[[int, list[Binding]], None] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -296,10 +299,23 @@ class Registrar:
         return removed, kept
 
     def _set_bindings(self, account_id: int, bindings: list[Binding]) -> None:
+        self.apply_bindings(account_id, bindings)
+        if self.on_change is not None:
+            self.on_change(account_id, bindings)
+
+    def apply_bindings(self, account_id: int, bindings: list[Binding]) -> None:
+        """Set an account's bindings as another process's registrar has them."""
         if bindings:
             self._bindings[account_id] = bindings
         else:
             self._bindings.pop(account_id, None)
+
+    def table(self) -> list[tuple[int, list[Binding]]]:
+        """Every account's bindings (the copy a new process starts from)."""
+        return list(self._bindings.items())
+
+    def apply_table(self, table: list[tuple[int, list[Binding]]]) -> None:
+        self._bindings = {account_id: bindings for account_id, bindings in table if bindings}
 
     @staticmethod
     def _reply(request: Request, status: int, reason: str | None = None, *,

@@ -4,6 +4,7 @@ trio nursery (SIP endpoint, registrar tasks, storage writer, HTTP server)."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import signal
@@ -23,9 +24,11 @@ from engine.calls import CallEngine
 from engine.config import ServerConfig
 from engine.dialplan_host import DialplanRunner, RunnerLimits
 from engine.events import EventBus
+from engine.executions import ExecutionCounts, LocalExecutionCounts, SharedExecutionCounts
 from engine.locate import Resolver
 from engine.mailer import MailConfig, Mailer
 from engine.messages import MessageRelay
+from engine.processes import PrimaryEventBus, PrimaryLink, ProcessPlan, SecondaryProcesses
 from engine.provider_registrations import ProviderRegistrationAgent
 from engine.records import CallRecords
 from engine.registrar import Registrar
@@ -34,6 +37,7 @@ from engine.web import WebConfig, WebServices, build_http_app
 from engine.webget import WebFetcher
 from sandbox import Limits
 from sandbox.pool import SandboxPool
+from sip.message import mark_identifiers
 from sip.transaction import TransactionLayer
 from sip.transport import SIPEndpoint
 
@@ -52,12 +56,31 @@ def _version() -> str:
 
 class Server:
     """A running dialspell server.  ``await nursery.start(server.run)`` reports when it
-    is ready; ``sip_address`` and ``http_address`` are then the bound addresses."""
+    is ready; ``sip_address`` and ``http_address`` are then the bound addresses.
 
-    def __init__(self, config: ServerConfig) -> None:
+    With ``config.sip_processes`` > 1 this is the primary of a group of SIP processes
+    (engine/processes.py) and starts the others; each of those runs a ``Server`` too,
+    built with its ``plan`` and its ``link`` to the primary, which serves SIP only."""
+
+    def __init__(self, config: ServerConfig, *, plan: ProcessPlan | None = None,
+                 link: PrimaryLink | None = None) -> None:
         self.config = config
+        if plan is None and config.sip_processes > 1:
+            plan = ProcessPlan.for_primary(config.sip_processes)
+        self.plan = plan
+        self.link = link
+        mark_identifiers(None if plan is None else plan.index)
         self.store = Store.open(config.data_dir, default_domain=config.default_domain)
-        self.events = EventBus()
+        self.events: EventBus
+        if link is not None:
+            self.events = link.events
+        elif plan is not None:
+            self.events = PrimaryEventBus()
+        else:
+            self.events = EventBus()
+        self.counts: ExecutionCounts = (
+            LocalExecutionCounts() if plan is None else SharedExecutionCounts.attach(plan.counts_path, plan.index)
+        )
         self.authenticator = Authenticator(
             store=self.store,
             events=self.events,
@@ -100,6 +123,7 @@ class Server:
             mailer=self.mailer,
             webget=self.webget,
             resolver=Resolver(config.dns_server),
+            counts=self.counts,
             limits=RunnerLimits(
                 per_customer=config.executions_per_customer,
                 per_server=config.executions_per_server,
@@ -127,12 +151,22 @@ class Server:
         self.calls.callbacks = self.callbacks
         self.calls.messages = MessageRelay(self.calls)
         self.call_control = CallControl(engine=self.calls, runner=self.runner)
+        if link is not None:
+            link.respond = self.call_control.answer
+            primary_link = link
+
+            async def count_everywhere(customer_id: int) -> int | None:
+                counted = await primary_link.ask("call_count_everywhere", customer_id)
+                return counted if isinstance(counted, int) else None
+
+            self.calls.count_everywhere = count_everywhere
         self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(
             host=config.sip_host,
             port=config.sip_port,
             handler=self.application.handle,
             layer=TransactionLayer(),
+            shared=None if plan is None else plan.shared_port(),
         )
         self.provider_registrations = ProviderRegistrationAgent(
             store=self.store,
@@ -142,8 +176,68 @@ class Server:
             contact_host=config.advertised_host,
             poll_interval=config.provider_poll_interval,
         )
+        self.secondaries: SecondaryProcesses | None = None
+        if plan is not None and plan.primary:
+            assert isinstance(self.events, PrimaryEventBus)
+            self.secondaries = SecondaryProcesses(
+                plan=plan, config=config, events=self.events, bindings=self.registrar.table,
+                on_exit=self._secondary_exited, stop_grace=config.stop_grace,
+            )
+            self.registrar.on_change = self.secondaries.bindings_changed
+            self.call_control.others = self.secondaries
+            self.secondaries.respond = self.call_control.answer
+            self.calls.count_everywhere = self.call_control.count_everywhere
+        if link is not None:
+            link.on_bindings = self.registrar.apply_bindings
+            link.on_table = self.registrar.apply_table
+        if plan is not None and self.callbacks.affinity is not None:
+            self.callbacks.affinity.on_claim = self._claim
+            shared = self.endpoint.shared
+            assert shared is not None
+            if self.secondaries is not None:
+                self.secondaries.apply_claim = shared.claim
+            if link is not None:
+                link.apply_claim = shared.claim
         self.sip_address: tuple[str, int] | None = None
         self.http_address: str | None = None
+
+    def _claim(self, aors: list[str], seconds: float) -> None:
+        """A callback of this process waits for a call to one of ``aors``: every process
+        hands such new calls to this one (engine/processes.py)."""
+        assert self.plan is not None and self.endpoint.shared is not None
+        users = [aor.partition("@")[0] for aor in aors]
+        self.endpoint.shared.claim(users, self.plan.index, seconds)
+        if self.secondaries is not None:
+            self.secondaries.claim(users, self.plan.index, seconds)
+        elif self.link is not None:
+            self.link.outbox.put(("claim", users, self.plan.index, seconds))
+
+    def close(self) -> None:
+        """Release what outlives :meth:`run`: the store, and a primary's shared files."""
+        self.store.close()
+        if isinstance(self.counts, SharedExecutionCounts):
+            self.counts.close()
+        if self.plan is not None and self.plan.primary:
+            self.plan.remove_files()
+
+    def sip_statistics(self) -> dict[str, int]:
+        """The SIP counters of every process of the server, added up (/healthz)."""
+        totals = self.endpoint.statistics()
+        if self.secondaries is not None:
+            totals["sip_processes"] = 1 + len(self.secondaries.statistics)
+            for theirs in list(self.secondaries.statistics.values()):
+                for name, value in theirs.items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    @property
+    def primary(self) -> bool:
+        """Whether this process serves HTTP, TCP and the rest (not a secondary)."""
+        return self.plan is None or self.plan.primary
+
+    def _secondary_exited(self, index: int) -> None:
+        if isinstance(self.counts, SharedExecutionCounts):
+            self.counts.clear_process(index)  # its executions ended with it
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled, then stop in order: end the calls while SIP still
@@ -160,6 +254,8 @@ class Server:
                 task_status.started(self)
                 await trio.sleep_forever()
             finally:
+                if self.secondaries is not None:
+                    self.secondaries.begin_stop()  # they end their calls meanwhile
                 with trio.CancelScope(shield=True):
                     if self.sip_address is not None:
                         if self.calls.stop():
@@ -182,10 +278,22 @@ class Server:
 
     async def _services(self, task_status: trio.TaskStatus[None]) -> None:
         async with self.pool, self.webget, self.callbacks, trio.open_nursery() as nursery:
-            await self.registrar.load(now=time.time())
+            if self.primary:
+                await self.registrar.load(now=time.time())
             self.application.attach(self.endpoint, nursery)
             self.calls.attach(self.endpoint, nursery)
             self.sip_address = await nursery.start(self.endpoint.serve)
+            if not self.primary:
+                # The primary keeps the bindings, sweeps them, pings them, registers
+                # with providers and serves HTTP; this process only carries calls.
+                nursery.start_soon(release_free_memory)
+                tune_collector()
+                task_status.started()
+                return
+            if self.secondaries is not None:
+                # The port is bound: the others can join it (the same port, not 0).
+                self.secondaries.config = dataclasses.replace(self.config, sip_port=self.sip_address[1])
+                await nursery.start(self.secondaries.run)
             # The affinity record names this server by the address it really bound.
             if self.callbacks.affinity is not None:
                 self.callbacks.affinity.server_uri = f"sip:{self.config.advertised_host}:{self.sip_address[1]}"
@@ -210,7 +318,7 @@ class Server:
                     calls=self.call_control,
                     compiler=self.pool,
                     webcallback=self.call_control.webcallback,
-                    statistics=self.endpoint.statistics,
+                    statistics=self.sip_statistics,
                     config=WebConfig(
                         version=_version(),
                         signup_enabled=self.config.signup_enabled,
@@ -290,8 +398,9 @@ async def serve_forever(config: ServerConfig, *, ready_message: bool = True) -> 
             if ready_message:
                 assert server.sip_address is not None
                 host, port = server.sip_address
+                processes = f" ({config.sip_processes} processes)" if config.sip_processes > 1 else ""
                 print(
-                    f"dialspell ready: SIP udp+tcp {host}:{port}, HTTP {server.http_address}, "
+                    f"dialspell ready: SIP udp+tcp {host}:{port}{processes}, HTTP {server.http_address}, "
                     f"domain {config.default_domain}, data {config.data_dir}",
                     flush=True,
                 )
@@ -299,5 +408,5 @@ async def serve_forever(config: ServerConfig, *, ready_message: bool = True) -> 
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
-    server.store.close()
+    server.close()
 

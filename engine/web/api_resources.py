@@ -352,13 +352,13 @@ async def delete_binding(api: Api, request: Request, who: Principal) -> Response
 # -- calls in progress ----------------------------------------------------------------------
 async def list_calls(api: Api, request: Request, who: Principal) -> Response:
     limit, offset = paging(request)
-    calls = api.services.calls.active_calls(api.owner_filter(who, request))
+    calls = await api.services.calls.active_calls(api.owner_filter(who, request))
     return JSONResponse({"items": calls[offset:offset + limit], "total": len(calls), "limit": limit,
                          "offset": offset})
 
 
 async def hang_up_call(api: Api, request: Request, who: Principal) -> Response:
     owner = None if who.customer.admin else who.customer.id
-    if not api.services.calls.hang_up(str(request.path_params["id"]), owner):
+    if not await api.services.calls.hang_up(str(request.path_params["id"]), owner):
         raise not_found("call")
     return Response(status_code=204)

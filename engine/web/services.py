@@ -24,12 +24,12 @@ WebcallbackRunner = Callable[[Customer, Account, str], Awaitable[tuple[bool, str
 class CallControl(Protocol):
     """The call engine's surface for the console: calls in progress and hanging up."""
 
-    def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
+    async def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
         """Calls in progress of one customer (``None``: everyone's); each a JSON-able
         dict with at least ``id`` (str) and ``customer_id``."""
         ...
 
-    def hang_up(self, call_id: str, customer_id: int | None) -> bool:
+    async def hang_up(self, call_id: str, customer_id: int | None) -> bool:
         """End the call ``call_id`` if it belongs to ``customer_id`` (``None``: any);
         False if there is no such call."""
         ...

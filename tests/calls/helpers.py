@@ -61,7 +61,7 @@ async def running_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Serv
         udp = getattr(server.endpoint, "_udp", None)
         if udp is not None:
             udp.close()
-        server.store.close()
+        server.close()
 
 
 def provision(

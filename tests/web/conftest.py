@@ -50,10 +50,10 @@ class CallTable:
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)
     hung_up: list[str] = field(default_factory=list)
 
-    def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
+    async def active_calls(self, customer_id: int | None) -> list[dict[str, Any]]:
         return [dict(c) for c in self.calls.values() if customer_id is None or c["customer_id"] == customer_id]
 
-    def hang_up(self, call_id: str, customer_id: int | None) -> bool:
+    async def hang_up(self, call_id: str, customer_id: int | None) -> bool:
         call = self.calls.get(call_id)
         if call is None or (customer_id is not None and call["customer_id"] != customer_id):
             return False

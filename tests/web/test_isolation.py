@@ -17,7 +17,7 @@ async def _snapshot(web: WebServer, customer_id: int) -> dict[str, Any]:
                                                    (customer_id,)) for t in tables}
     snap["customer"] = web.store.query_all("SELECT * FROM customers WHERE id = ?", (customer_id,))
     snap["bindings"] = [b.id for b in web.store.load_bindings()]
-    snap["calls"] = web.calls.active_calls(customer_id)
+    snap["calls"] = await web.calls.active_calls(customer_id)
     return snap
 
 
