@@ -15,11 +15,20 @@ import trio
 
 from engine.calls import CONCURRENCY_REASON
 from engine.server import Server
-from sip.message import mark_of
+from sip.message import Request, make_response, mark_of, new_tag
 from tests.callbacks import ua as callbacks
 from tests.callbacks.test_google_voice import DIALPLAN as GOOGLE_VOICE_DIALPLAN
 from tests.callbacks.test_google_voice import call_back, fake_voice_service
-from tests.calls.helpers import phones, provision, registered, running_server, wait_rows
+from tests.calls.helpers import (
+    PASSWORD,
+    phones,
+    provision,
+    registered,
+    running_server,
+    sdp,
+    wait_rows,
+)
+from tests.integration.sipclient import TCPClient
 
 CALLERS = 16  # with two processes, all on one side by chance: 2 in 2**16
 
@@ -246,3 +255,44 @@ async def test_a_callback_reaches_the_process_that_waits_for_it(tmp_path: Path) 
                 request, source = await alice.request("BYE")
                 await alice.ok(request, source)
         assert waited_in == {0, 1}
+
+
+async def test_a_phone_on_tcp_is_reached_from_both_processes(tmp_path: Path) -> None:
+    # Only the primary keeps TCP connections: the other process's INVITE, ACK and BYE to
+    # bob go out through it, and bob's answers come back to the process that sent them.
+    async with running_server(tmp_path, sip_processes=2) as server:
+        await _secondary_bound(server)
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        assert server.sip_address is not None
+        async with TCPClient(server.sip_address) as bob, \
+                phones(server, *["alice"] * CALLERS, register=False) as callers:
+            assert (await bob.register("bob", PASSWORD)).status == 200
+            await trio.sleep(0.2)
+
+            async def next_request(method: str) -> Request:
+                while True:
+                    message = await bob.receive()
+                    if isinstance(message, Request) and message.method == method:
+                        return message
+
+            answered_by = set()
+            for caller in callers:
+                call = await caller.invite("bob")
+                invite = await next_request("INVITE")
+                assert invite.top_via.transport == "TCP"
+                tag = new_tag()
+                contact = [("Contact", f"<sip:bob@{bob.local[0]}:{bob.local[1]};transport=tcp>")]
+                await bob.send(make_response(invite, 180, None, to_tag=tag, headers=contact).to_bytes())
+                await bob.send(make_response(invite, 200, None, to_tag=tag, body=sdp("127.0.0.1", 41000),
+                                             headers=[*contact, ("Content-Type", "application/sdp")]).to_bytes())
+                final = await caller.final(call)
+                assert final.status == 200
+                answered_by.add(_process_of(final.to.tag))
+                await next_request("ACK")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call.bye)
+                    bye = await next_request("BYE")
+                    await bob.send(make_response(bye, 200, None).to_bytes())
+            assert answered_by == {0, 1}
+            await wait_rows(server, "SELECT 1 FROM cdrs WHERE leg = 'caller' AND hangup_reason IS NOT NULL", CALLERS)
