@@ -20,6 +20,13 @@ process.  How the rest is shared:
 * **Console events** of the other processes are sent to the primary, which publishes
   them; the primary tells them which owners have a console open, so that nothing is
   built or sent while nobody listens.
+* **Questions** go both ways (:class:`Questions`): the primary asks the others for
+  their calls (the API's list), to hang one up (bridge ids carry the mark too), or
+  for their count of a customer's calls; the others ask it for the count in all.
+* **Callback claims**: a process waiting for a callback claims new calls to its
+  owner's accounts, and the primary tells the others (``SharedPort.claim``).
+* **Counters**: the others send their SIP counters every STATISTICS_SECONDS, which
+  the primary adds to its own in ``/healthz``.
 
 The primary starts the others as ``python -m engine.secondary FD``, with one end of a
 socket pair as FD, restarts one that exits, and stops them when it stops.  Frames on

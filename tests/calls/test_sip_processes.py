@@ -21,6 +21,7 @@ from tests.callbacks.test_google_voice import DIALPLAN as GOOGLE_VOICE_DIALPLAN
 from tests.callbacks.test_google_voice import call_back, fake_voice_service
 from tests.calls.helpers import (
     PASSWORD,
+    Phone,
     phones,
     provision,
     registered,
@@ -37,6 +38,18 @@ def _process_of(tag: str | None) -> int:
     match = re.fullmatch(r"q(\d+)-[0-9a-f]+", tag or "")
     assert match is not None, f"unmarked tag {tag!r}"
     return int(match.group(1))
+
+
+async def _answered_calls(bob: Phone, callers: list[Phone]) -> list[int]:
+    """Each caller calls bob in turn and bob answers; the process that carried each."""
+    carried = []
+    for caller in callers:
+        call = await caller.invite("bob")
+        await bob.answer(await bob.next_request("INVITE"))
+        final = await caller.final(call)
+        assert final.status == 200
+        carried.append(_process_of(final.to.tag))
+    return carried
 
 
 async def _secondary_bound(server: Server) -> None:
@@ -137,14 +150,7 @@ async def test_a_second_process_that_dies_is_started_again(tmp_path: Path) -> No
                   dialplans={"out": 'sys.Dial("bob@local")\n'})
         async with phones(server, "bob", *["alice"] * CALLERS) as (bob, *callers):
             await trio.sleep(0.2)
-            answered_by = set()
-            for caller in callers:
-                call = await caller.invite("bob")
-                await bob.answer(await bob.next_request("INVITE"))
-                final = await caller.final(call)
-                assert final.status == 200
-                answered_by.add(_process_of(final.to.tag))
-            assert answered_by == {0, 1}
+            assert set(await _answered_calls(bob, callers)) == {0, 1}
 
 
 async def test_console_events_of_the_second_process_reach_the_primary(tmp_path: Path) -> None:
@@ -156,14 +162,7 @@ async def test_console_events_of_the_second_process_reach_the_primary(tmp_path: 
             await trio.sleep(0.2)  # the second process hears that a console listens
             async with phones(server, "bob", *["alice"] * CALLERS) as (bob, *callers):
                 started = time.time()
-                answered_by = set()
-                for caller in callers:
-                    call = await caller.invite("bob")
-                    ringing = await bob.next_request("INVITE")
-                    await bob.answer(ringing)
-                    final = await caller.final(call)
-                    answered_by.add(_process_of(final.to.tag))
-                assert answered_by == {0, 1}
+                assert set(await _answered_calls(bob, callers)) == {0, 1}
                 answered: set[str] = set()
                 with trio.fail_after(10):
                     while len(answered) < CALLERS:
@@ -180,10 +179,7 @@ async def test_the_primary_lists_and_hangs_up_the_calls_of_both_processes(tmp_pa
                           dialplans={"out": 'sys.Dial("bob@local")\n'})
         async with phones(server, "bob", *["alice"] * CALLERS) as (bob, *callers):
             await trio.sleep(0.2)
-            for caller in callers:
-                call = await caller.invite("bob")
-                await bob.answer(await bob.next_request("INVITE"))
-                assert (await caller.final(call)).status == 200
+            assert set(await _answered_calls(bob, callers)) == {0, 1}
             listed = await server.call_control.active_calls(owner)
             assert len(listed) == CALLERS
             by_process = {mark_of(call["id"]): call for call in listed}
@@ -206,14 +202,7 @@ async def test_a_dialplan_counts_the_calls_of_every_process(tmp_path: Path) -> N
         provision(server, accounts={"alice": (None, "out"), "bob": (None, None)}, dialplans={"out": source})
         async with phones(server, "bob", *["alice"] * CALLERS) as (bob, *callers):
             await trio.sleep(0.2)
-            answered_by = []
-            for caller in callers:
-                call = await caller.invite("bob")
-                await bob.answer(await bob.next_request("INVITE"))
-                final = await caller.final(call)
-                assert final.status == 200
-                answered_by.append(_process_of(final.to.tag))
-            assert set(answered_by) == {0, 1}
+            assert set(await _answered_calls(bob, callers)) == {0, 1}
             traces = await wait_rows(server, "SELECT text FROM traces ORDER BY created", CALLERS)
             # The n-th call's dialplan saw the n-1 established before it, wherever they run.
             counts = sorted(int(line.rsplit(" ", 1)[1]) for text, in traces
