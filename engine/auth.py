@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.events import Event, EventBus
@@ -110,6 +111,11 @@ class Authenticator:
         self._failures: dict[str, deque[float]] = {}
         # key -> end of its lock-out
         self._locked: dict[str, float] = {}
+        # In a multi-process server (engine/processes.py) the primary alone counts
+        # failures: the others send theirs to it (``report_failure``), and it tells
+        # them of every lock-out and unlock (``on_lockout``; an end of 0 unlocks).
+        self.report_failure: Callable[..., None] | None = None
+        self.on_lockout: Callable[[str, float], None] | None = None
 
     # -- the check ------------------------------------------------------------------------
     def check(
@@ -221,6 +227,15 @@ class Authenticator:
 
     def _record_failure(self, *keys: str, user: str, domain: str, source: str,
                         owner: int | None, now: float) -> None:
+        if self.report_failure is not None:
+            self.report_failure(*keys, user=user, domain=domain, source=source, owner=owner, now=now)
+            return
+        self.record_failure(*keys, user=user, domain=domain, source=source, owner=owner, now=now)
+
+    def record_failure(self, *keys: str, user: str, domain: str, source: str,
+                       owner: int | None, now: float) -> None:
+        """Count a failed attempt under each of ``keys`` (in this process, or for
+        another process of the server that reported it)."""
         aor = f"{user}@{domain}"
         logger.info("digest authentication failed for %s from %s", aor, source)
         self._publish(owner, now, kind="failure", aor=aor, source=source)
@@ -239,6 +254,8 @@ class Authenticator:
                 if len(self._locked) >= self._max_tracked:
                     self._locked = {k: t for k, t in self._locked.items() if t > now}
                 self._locked[key] = now + self.lockout
+                if self.on_lockout is not None:
+                    self.on_lockout(key, now + self.lockout)
                 by_source = key.startswith("src:")
                 logger.warning("locked out %s %s for %.0f s after %d failures",
                                "source" if by_source else "account",
@@ -266,4 +283,13 @@ class Authenticator:
     def unlock(self, key: str) -> bool:
         """Lift a lock-out early (the admin's remedy); True if there was one."""
         self._failures.pop(key, None)
+        if self.on_lockout is not None:
+            self.on_lockout(key, 0.0)
         return self._locked.pop(key, None) is not None
+
+    def apply_lockout(self, key: str, until: float) -> None:
+        """Lock ``key`` out until ``until`` (0: unlock), as the primary decided."""
+        if until:
+            self._locked[key] = until
+        else:
+            self._locked.pop(key, None)

@@ -23,6 +23,8 @@ process.  How the rest is shared:
 * **Questions** go both ways (:class:`Questions`): the primary asks the others for
   their calls (the API's list), to hang one up (bridge ids carry the mark too), or
   for their count of a customer's calls; the others ask it for the count in all.
+* **Authentication failures** are counted by the primary alone: the others report
+  theirs, and it tells them of every lock-out (and of an admin's unlock).
 * **Callback claims**: a process waiting for a callback claims new calls to its
   owner's accounts, and the primary tells the others (``SharedPort.claim``).
 * **Counters**: the others send their SIP counters every STATISTICS_SECONDS, which
@@ -293,6 +295,10 @@ class SecondaryProcesses:
         self.respond: Callable[..., Awaitable[Any]] | None = None
         #: applies another process's claim on new calls to some users (SharedPort.claim)
         self.apply_claim: Callable[[list[str], int, float], None] | None = None
+        #: counts a failed authentication another process reports (Authenticator.record_failure)
+        self.record_failure: Callable[..., None] | None = None
+        #: the lock-outs now in force, for a process that starts (Authenticator.lockouts)
+        self.lockouts: Callable[[], dict[str, float]] = dict
         #: each running secondary's latest SIP counters (sent every STATISTICS_SECONDS)
         self.statistics: dict[int, dict[str, int]] = {}
         self._stopping = False
@@ -302,6 +308,11 @@ class SecondaryProcesses:
     def bindings_changed(self, account_id: int, bindings: list[Any]) -> None:
         for outbox in self._outboxes.values():
             outbox.put(("bindings", account_id, bindings))
+
+    def lockout(self, key: str, until: float) -> None:
+        """The primary locked ``key`` out until ``until`` (0: lifted): tell the others."""
+        for outbox in self._outboxes.values():
+            outbox.put(("lockout", key, until))
 
     def claim(self, users: list[str], index: int, seconds: float) -> None:
         """Process ``index`` takes new calls to ``users`` for ``seconds``: tell the others."""
@@ -393,6 +404,9 @@ class SecondaryProcesses:
                         self.events.publish(message[1])
                     elif kind == "statistics":
                         self.statistics[index] = message[1]
+                    elif kind == "auth_failure":
+                        if self.record_failure is not None:
+                            self.record_failure(*message[1], **message[2])
                     elif kind == "claim":
                         if self.apply_claim is not None:
                             self.apply_claim(*message[1:])
@@ -410,6 +424,8 @@ class SecondaryProcesses:
                 # Registered first, so no change is missed between the table and it.
                 self._outboxes[index] = outbox
                 outbox.put(("table", list(self.bindings())))
+                for key, until in self.lockouts().items():
+                    outbox.put(("lockout", key, until))
                 nursery.start_soon(outbox.drain_to, stream)
 
                 async def talk() -> None:
@@ -462,6 +478,8 @@ class PrimaryLink:
         self.respond: Callable[..., Awaitable[Any]] | None = None
         #: applies another process's claim on new calls to some users (SharedPort.claim)
         self.apply_claim: Callable[[list[str], int, float], None] | None = None
+        #: applies the primary's lock-outs (Authenticator.apply_lockout)
+        self.apply_lockout: Callable[[str, float], None] | None = None
         self._questions = Questions()
         self._nursery: trio.Nursery | None = None
 
@@ -482,10 +500,16 @@ class PrimaryLink:
             self.events.interested = message[1]
         elif kind == "claim" and self.apply_claim is not None:
             self.apply_claim(*message[1:])
+        elif kind == "lockout" and self.apply_lockout is not None:
+            self.apply_lockout(message[1], message[2])
         elif kind == "ask" and self._nursery is not None:
             self._nursery.start_soon(answer_question, self.outbox, message[1], self.respond, message[2], message[3])
         elif kind == "answer":
             self._questions.answered(message[1], message[2])
+
+    def report_failure(self, *keys: str, **details: Any) -> None:
+        """Send a failed authentication to the primary, which counts them all."""
+        self.outbox.put(("auth_failure", keys, details))
 
     def ready(self) -> None:
         """Tell the primary this process serves SIP now."""

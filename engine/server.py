@@ -153,6 +153,8 @@ class Server:
         self.call_control = CallControl(engine=self.calls, runner=self.runner)
         if link is not None:
             link.respond = self.call_control.answer
+            link.apply_lockout = self.authenticator.apply_lockout
+            self.authenticator.report_failure = link.report_failure
             primary_link = link
 
             async def count_everywhere(customer_id: int) -> int | None:
@@ -186,6 +188,9 @@ class Server:
             self.registrar.on_change = self.secondaries.bindings_changed
             self.call_control.others = self.secondaries
             self.secondaries.respond = self.call_control.answer
+            self.secondaries.record_failure = self.authenticator.record_failure
+            self.secondaries.lockouts = lambda: self.authenticator.lockouts(time.time())
+            self.authenticator.on_lockout = self.secondaries.lockout
             self.calls.count_everywhere = self.call_control.count_everywhere
         if link is not None:
             link.on_bindings = self.registrar.apply_bindings

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from engine.auth import LOCKOUT_REASON
 from engine.calls import CONCURRENCY_REASON
 from engine.server import Server
 from sip.message import Request, make_response, mark_of, new_tag
@@ -285,3 +286,26 @@ async def test_a_phone_on_tcp_is_reached_from_both_processes(tmp_path: Path) -> 
                     await bob.send(make_response(bye, 200, None).to_bytes())
             assert answered_by == {0, 1}
             await wait_rows(server, "SELECT 1 FROM cdrs WHERE leg = 'caller' AND hangup_reason IS NOT NULL", CALLERS)
+
+
+async def test_failed_passwords_count_once_for_the_whole_server(tmp_path: Path) -> None:
+    # Five wrong passwords from five sockets (over both processes, most likely) lock the
+    # account out everywhere: the right password is then refused by either process.
+    async with running_server(tmp_path, sip_processes=2, auth_max_failures=5) as server:
+        await _secondary_bound(server)
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, *["alice"] * 5, register=False) as guessers, \
+                phones(server, *["alice"] * CALLERS, register=False) as callers:
+            for guesser in guessers:
+                guesser.password = "not-" + PASSWORD
+                final = await guesser.final(await guesser.invite("bob"))
+                assert final.status in (403, 407)
+            await trio.sleep(0.2)  # the lock-out reaches the other process
+            refused_by = set()
+            for caller in callers:
+                final = await caller.final(await caller.invite("bob"))
+                assert (final.status, final.reason) == (403, LOCKOUT_REASON)
+                refused_by.add(_process_of(final.to.tag))
+            assert refused_by == {0, 1}
+            assert "aor:alice@local" in server.authenticator.lockouts(time.time())
