@@ -93,11 +93,15 @@ class Authenticator:
         max_tracked: int = 100_000,
         md5_first_agents: tuple[str, ...] = MD5_FIRST_AGENTS,
         md5_first_without_user_agent: bool = True,
+        issuer: int | None = None,
+        issuers: int = 1,
     ) -> None:
         self._store = store
         if challenger is None:
             key = secret if secret is not None else store.server_secret()
-            challenger = DigestChallenger(key, nonce_lifetime)
+            # Each process of a multi-process server issues nonces of its own
+            # (DigestChallenger: its replay table holds only those).
+            challenger = DigestChallenger(key, nonce_lifetime, issuer=issuer, issuers=issuers)
         self.challenger = challenger
         self._events = events
         self.max_failures = max_failures

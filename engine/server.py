@@ -89,6 +89,8 @@ class Server:
             max_failures=config.auth_max_failures,
             failure_window=config.auth_failure_window,
             lockout=config.auth_lockout,
+            issuer=None if plan is None else plan.index,
+            issuers=config.sip_processes,
         )
         self.registrar = Registrar(
             store=self.store,

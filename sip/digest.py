@@ -316,16 +316,28 @@ _NONCE_RAW_BYTES = _NONCE_PAYLOAD.size + _NONCE_MAC_BYTES
 _NC = re.compile(r"[0-9A-Fa-f]{8}\Z")
 
 
+def _nonce_key(secret: bytes, issuer: int | None) -> bytes:
+    label = b"dialspell nonce mac" if issuer is None else b"dialspell nonce mac %d" % issuer
+    return hmac.digest(secret, label, "sha256")
+
+
 class DigestChallenger:
     """Issues digest challenges and verifies credentials for any number of realms.
 
     ``secret`` keys the nonce MAC: nonces issued by a challenger with the same secret
     (for instance after a restart, when the secret is kept in the data directory) are
     accepted.  ``max_nonces`` bounds the replay table (see :meth:`verify`).
+
+    Several processes that share a secret but not a replay table (a server of several
+    processes) each pass their ``issuer`` index and the number of ``issuers``: each
+    then signs its nonces with a key of its own and accepts only those.  A right
+    answer to a sibling's nonce gets a fresh challenge marked stale (the client retries
+    without asking anyone), so a credential replayed to another process fails there
+    too.
     """
 
-    __slots__ = ("_nonce_key", "_lifetime_ms", "_counter", "_opaque", "_seen", "_max_nonces",
-                 "_watermark_ms", "_algorithms", "_md5_first_order", "_dummy_key")
+    __slots__ = ("_nonce_key", "_sibling_keys", "_lifetime_ms", "_counter", "_opaque", "_seen",
+                 "_max_nonces", "_watermark_ms", "_algorithms", "_md5_first_order", "_dummy_key")
 
     def __init__(
         self,
@@ -334,11 +346,15 @@ class DigestChallenger:
         *,
         max_nonces: int = 100_000,
         algorithms: tuple[DigestAlgorithm, ...] = (DigestAlgorithm.SHA256, DigestAlgorithm.MD5),
+        issuer: int | None = None,
+        issuers: int = 1,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the digest secret must be at least 16 bytes")
         # Keys of 32 bytes, derived from the secret, for keyed BLAKE2s (its longest key).
-        self._nonce_key = hmac.digest(secret, b"dialspell nonce mac", "sha256")
+        self._nonce_key = _nonce_key(secret, issuer)
+        self._sibling_keys = tuple(_nonce_key(secret, other) for other in range(issuers)
+                                   if issuer is not None and other != issuer)
         self._lifetime_ms = int(nonce_lifetime * 1000)
         self._counter = itertools.count(secrets.randbelow(2**31))
         self._opaque = hmac.digest(secret, b"dialspell opaque", "sha256")[:8].hex()
@@ -374,8 +390,9 @@ class DigestChallenger:
         order = self._md5_first_order if md5_first else self._algorithms
         return tuple(f"{head}, algorithm={a.value}{tail}" for a in order)
 
-    def _nonce_issued_ms(self, nonce: str, realm: str) -> int | None:
-        """The issue time of a nonce we made for this realm, or None."""
+    def _nonce_issued_ms(self, nonce: str, realm: str, key: bytes | None = None) -> int | None:
+        """The issue time of a nonce we (or the holder of ``key``) made for this realm,
+        or None."""
         if len(nonce) != 32:
             return None
         try:
@@ -385,7 +402,8 @@ class DigestChallenger:
         if len(raw) != _NONCE_RAW_BYTES:
             return None
         payload = raw[: _NONCE_PAYLOAD.size]
-        mac = _blake2s(payload + realm.encode("utf-8"), key=self._nonce_key, digest_size=_NONCE_MAC_BYTES).digest()
+        mac = _blake2s(payload + realm.encode("utf-8"), key=key or self._nonce_key,
+                       digest_size=_NONCE_MAC_BYTES).digest()
         if not hmac.compare_digest(mac, raw[_NONCE_PAYLOAD.size :]):
             return None
         issued_ms: int = _NONCE_PAYLOAD.unpack(payload)[0]
@@ -424,10 +442,17 @@ class DigestChallenger:
         ):
             return DigestVerdict.CHALLENGE
         issued_ms = self._nonce_issued_ms(credentials.nonce, realm)
+        sibling = False
         if issued_ms is None:
-            # Not a nonce of ours: nothing to verify the response against, and no oracle
-            # for password guessing.  A fresh challenge.
-            return DigestVerdict.CHALLENGE
+            for key in self._sibling_keys:
+                issued_ms = self._nonce_issued_ms(credentials.nonce, realm, key)
+                if issued_ms is not None:
+                    sibling = True
+                    break
+            else:
+                # Not a nonce of ours: nothing to verify the response against, and no
+                # oracle for password guessing.  A fresh challenge.
+                return DigestVerdict.CHALLENGE
         qop = credentials.qop
         nc_value = 0
         if qop is not None:
@@ -455,6 +480,8 @@ class DigestChallenger:
         if not matched or stored is None:
             return DigestVerdict.FAILED
         now_ms = int(now * 1000)
+        if sibling:
+            return DigestVerdict.STALE  # its replay table is elsewhere: ours from now on
         if now_ms - issued_ms > self._lifetime_ms or issued_ms - now_ms > 60_000:
             # RFC 2617 3.2.1: stale is "a flag, indicating that the previous request from
             # the client was rejected because the nonce value was stale" - the response

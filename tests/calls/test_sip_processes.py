@@ -309,3 +309,27 @@ async def test_failed_passwords_count_once_for_the_whole_server(tmp_path: Path) 
                 refused_by.add(_process_of(final.to.tag))
             assert refused_by == {0, 1}
             assert "aor:alice@local" in server.authenticator.lockouts(time.time())
+
+
+async def test_a_replayed_credential_is_refused_by_every_process(tmp_path: Path) -> None:
+    async with running_server(tmp_path, sip_processes=2) as server:
+        await _secondary_bound(server)
+        provision(server, accounts={"alice": (None, "out"), "bob": (None, None)},
+                  dialplans={"out": 'sys.Dial("bob@local")\n'})
+        async with phones(server, "bob", "alice", *["alice"] * CALLERS, register=False) as (bob, alice, *replayers):
+            assert (await bob.register()).status == 200
+            await registered(server, "bob@127.0.0.1")
+            await trio.sleep(0.2)
+            call = await alice.invite("bob")
+            await bob.answer(await bob.next_request("INVITE"))
+            assert (await alice.final(call)).status == 200
+            credential = call.invite.headers.get("Proxy-Authorization")
+            assert credential is not None
+            # The same answer from other sockets, which the kernel spreads over both
+            # processes: the one that issued the nonce has seen it, the other did not
+            # issue it; each challenges again and bob hears of none of them.
+            for replayer in replayers:
+                replay = await replayer.invite("bob", extra=[("Proxy-Authorization", credential)],
+                                               authenticate=False)
+                assert (await replayer.final(replay)).status == 407
+            await bob.no_request("INVITE", 0.5)

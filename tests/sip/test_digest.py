@@ -122,6 +122,22 @@ def test_expired_nonce_is_stale_only_with_the_right_password() -> None:
     assert "stale=true" in challenger.challenge(REALM, NOW, stale=True)[0]
 
 
+def test_sibling_processes_accept_only_their_own_nonces() -> None:
+    # Two processes of one server: one secret, one replay table each.
+    first, second = (DigestChallenger(SECRET, issuer=i, issuers=2) for i in (0, 1))
+    right = answer(first)
+    # A right answer to the other's nonce gets a fresh challenge, marked stale, there:
+    # a credential replayed to the process that did not see it fails too.
+    assert verify(second, right) is DigestVerdict.STALE
+    assert verify(first, right) is DigestVerdict.ACCEPTED
+    assert verify(first, right) is DigestVerdict.STALE  # and a replay where it was seen
+    assert verify(second, answer(first, password="guess")) is DigestVerdict.FAILED
+    # A server of one process keeps its nonces (and those a restart left valid).
+    single = DigestChallenger(SECRET)
+    assert verify(single, answer(DigestChallenger(SECRET))) is DigestVerdict.ACCEPTED
+    assert verify(single, answer(first)) is DigestVerdict.CHALLENGE
+
+
 def test_nonces_from_another_secret_or_realm_are_rechallenged() -> None:
     ours = DigestChallenger(SECRET)
     theirs = DigestChallenger(b"another secret, another server!")
