@@ -507,6 +507,10 @@ class PrimaryLink:
         elif kind == "answer":
             self._questions.answered(message[1], message[2])
 
+    def claim(self, users: list[str], index: int, seconds: float) -> None:
+        """This process takes new calls to ``users``: the primary tells the others."""
+        self.outbox.put(("claim", users, index, seconds))
+
     def report_failure(self, *keys: str, **details: Any) -> None:
         """Send a failed authentication to the primary, which counts them all."""
         self.outbox.put(("auth_failure", keys, details))

@@ -153,17 +153,6 @@ class Server:
         self.calls.callbacks = self.callbacks
         self.calls.messages = MessageRelay(self.calls)
         self.call_control = CallControl(engine=self.calls, runner=self.runner)
-        if link is not None:
-            link.respond = self.call_control.answer
-            link.apply_lockout = self.authenticator.apply_lockout
-            self.authenticator.report_failure = link.report_failure
-            primary_link = link
-
-            async def count_everywhere(customer_id: int) -> int | None:
-                counted = await primary_link.ask("call_count_everywhere", customer_id)
-                return counted if isinstance(counted, int) else None
-
-            self.calls.count_everywhere = count_everywhere
         self.application.call_handler = self.calls.handle
         self.endpoint = SIPEndpoint(
             host=config.sip_host,
@@ -182,50 +171,72 @@ class Server:
         )
         self.secondaries: SecondaryProcesses | None = None
         if plan is not None and plan.primary:
-            assert isinstance(self.events, PrimaryEventBus)
-            self.secondaries = SecondaryProcesses(
-                plan=plan, config=config, events=self.events, bindings=self.registrar.table,
-                on_exit=self._secondary_exited, stop_grace=config.stop_grace,
-            )
-            self.registrar.on_change = self.secondaries.bindings_changed
-            self.call_control.others = self.secondaries
-            self.secondaries.respond = self.call_control.answer
-            self.secondaries.record_failure = self.authenticator.record_failure
-            self.secondaries.lockouts = lambda: self.authenticator.lockouts(time.time())
-            self.authenticator.on_lockout = self.secondaries.lockout
-            self.calls.count_everywhere = self.call_control.count_everywhere
+            self._lead_the_others(plan)
         if link is not None:
-            link.on_bindings = self.registrar.apply_bindings
-            link.on_table = self.registrar.apply_table
-        if plan is not None and self.callbacks.affinity is not None:
-            self.callbacks.affinity.on_claim = self._claim
-            shared = self.endpoint.shared
-            assert shared is not None
-            if self.secondaries is not None:
-                self.secondaries.apply_claim = shared.claim
-            if link is not None:
-                link.apply_claim = shared.claim
+            self._follow_the_primary(link)
         self.sip_address: tuple[str, int] | None = None
         self.http_address: str | None = None
 
+    # -- the processes of a multi-process server (engine/processes.py) --------------------
+    def _lead_the_others(self, plan: ProcessPlan) -> None:
+        """As the primary: start the others with ``run``, keep them up to date with the
+        bindings, lock-outs and callback claims, answer their questions, and count
+        their failed passwords."""
+        assert isinstance(self.events, PrimaryEventBus) and self.endpoint.shared is not None
+        self.secondaries = others = SecondaryProcesses(
+            plan=plan, config=self.config, events=self.events, bindings=self.registrar.table,
+            on_exit=self._secondary_exited, stop_grace=self.config.stop_grace,
+        )
+        self.registrar.on_change = others.bindings_changed
+        self.call_control.others = others
+        others.respond = self.call_control.answer
+        self.calls.count_everywhere = self.call_control.count_everywhere
+        others.record_failure = self.authenticator.record_failure
+        others.lockouts = lambda: self.authenticator.lockouts(time.time())
+        self.authenticator.on_lockout = others.lockout
+        others.apply_claim = self.endpoint.shared.claim
+        if self.callbacks.affinity is not None:
+            self.callbacks.affinity.on_claim = self._claim
+
+    def _follow_the_primary(self, link: PrimaryLink) -> None:
+        """As another process: take the primary's bindings, lock-outs and claims, answer
+        its questions, and ask it what only the whole server knows."""
+        assert self.endpoint.shared is not None
+        link.on_bindings = self.registrar.apply_bindings
+        link.on_table = self.registrar.apply_table
+        link.respond = self.call_control.answer
+        link.apply_lockout = self.authenticator.apply_lockout
+        self.authenticator.report_failure = link.report_failure
+        link.apply_claim = self.endpoint.shared.claim
+        if self.callbacks.affinity is not None:
+            self.callbacks.affinity.on_claim = self._claim
+
+        async def count_everywhere(customer_id: int) -> int | None:
+            counted = await link.ask("call_count_everywhere", customer_id)
+            return counted if isinstance(counted, int) else None
+
+        self.calls.count_everywhere = count_everywhere
+
     def _claim(self, aors: list[str], seconds: float) -> None:
         """A callback of this process waits for a call to one of ``aors``: every process
-        hands such new calls to this one (engine/processes.py)."""
+        hands such new calls to this one."""
         assert self.plan is not None and self.endpoint.shared is not None
         users = [aor.partition("@")[0] for aor in aors]
         self.endpoint.shared.claim(users, self.plan.index, seconds)
         if self.secondaries is not None:
             self.secondaries.claim(users, self.plan.index, seconds)
         elif self.link is not None:
-            self.link.outbox.put(("claim", users, self.plan.index, seconds))
+            self.link.claim(users, self.plan.index, seconds)
 
     def close(self) -> None:
         """Release what outlives :meth:`run`: the store, and a primary's shared files."""
         self.store.close()
         if isinstance(self.counts, SharedExecutionCounts):
             self.counts.close()
-        if self.plan is not None and self.plan.primary:
-            self.plan.remove_files()
+        if self.plan is not None:
+            mark_identifiers(None)  # (a server run inside another program: the tests)
+            if self.plan.primary:
+                self.plan.remove_files()
 
     def sip_statistics(self) -> dict[str, int]:
         """The SIP counters of every process of the server, added up (/healthz)."""
