@@ -45,9 +45,9 @@ import pickle
 import secrets
 import signal
 import socket
-import struct
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +56,14 @@ from typing import Any
 import trio
 
 from engine.events import Event, EventBus
+from sandbox.framing import HEADER, FrameDecoder
 from sip.transport import SharedPort
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!I")
+#: The largest frame on a link: the binding table a new process starts from is the
+#: biggest (about 220 bytes a binding).
+MAX_FRAME = 256 * 1024 * 1024
 #: A secondary that exits sooner than this after starting is restarted after a pause
 #: that doubles each time (up to RESTART_PAUSE_MAX), not at once.
 STEADY_SECONDS = 10.0
@@ -130,8 +133,10 @@ class ProcessPlan:
 
 
 def encode_frame(message: tuple[Any, ...]) -> bytes:
+    """A frame as the sandbox's pool and workers write theirs (sandbox.framing): a
+    4-byte length, then the pickle."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 class FrameReader:
@@ -139,27 +144,21 @@ class FrameReader:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self._buffer = bytearray()
+        self._decoder = FrameDecoder(MAX_FRAME)
+        self._frames: deque[bytes] = deque()
 
     async def next(self) -> tuple[Any, ...] | None:
         """The next frame, or None once the other end has closed."""
-        buffer = self._buffer
-        while True:
-            if len(buffer) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(buffer)
-                end = _LENGTH.size + length
-                if len(buffer) >= end:
-                    body = bytes(buffer[_LENGTH.size:end])
-                    del buffer[:end]
-                    message: tuple[Any, ...] = pickle.loads(body)
-                    return message
+        while not self._frames:
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             if not data:
                 return None
-            buffer += data
+            self._frames.extend(self._decoder.feed(data))
+        message: tuple[Any, ...] = pickle.loads(self._frames.popleft())
+        return message
 
     async def each(self, handle: Callable[[tuple[Any, ...]], None]) -> None:
         """Call ``handle`` with each frame until the other end closes."""
