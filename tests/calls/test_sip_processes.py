@@ -6,7 +6,6 @@ process answered a call shows in the mark of the To tag it gave the caller."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -36,9 +35,9 @@ CALLERS = 16  # with two processes, all on one side by chance: 2 in 2**16
 
 
 def _process_of(tag: str | None) -> int:
-    match = re.fullmatch(r"q(\d+)-[0-9a-f]+", tag or "")
-    assert match is not None, f"unmarked tag {tag!r}"
-    return int(match.group(1))
+    index = mark_of(tag or "")
+    assert index is not None, f"unmarked tag {tag!r}"
+    return index
 
 
 async def _answered_calls(bob: Phone, callers: list[Phone]) -> list[int]:
