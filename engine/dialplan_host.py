@@ -147,14 +147,17 @@ class DialplanRunner:
             self.engine.publish(call, "limit", limit="concurrency", reason=CONCURRENCY_REASON)
             leg.reject(480, CONCURRENCY_REASON)
             return
-        # Counted from here on: each way out gives the place back.
         try:
-            source, trace_email = self.records.dialplan(account.customer_id, name)
-        except BaseException:
-            self.counts.finish(account.customer_id)
-            raise
+            await self._run_counted(call, name, key)
+        finally:
+            self.counts.finish(account.customer_id)  # counted since try_start, whatever happened
+
+    async def _run_counted(self, call: Call, name: str, key: str) -> None:
+        account = call.account
+        assert account is not None and self.engine is not None
+        leg = call.leg
+        source, trace_email = self.records.dialplan(account.customer_id, name)
         if source is None:
-            self.counts.finish(account.customer_id)
             leg.reject(404, f"Not Found (no dialplan named {name!r})")
             return
         call.chain = (*call.chain, key)
@@ -171,7 +174,6 @@ class DialplanRunner:
                 host=host,
             )
         finally:
-            self.counts.finish(account.customer_id)
             self._finish(call, host, result)
             self._store_trace(call, host, name, trace_email, result)
 
