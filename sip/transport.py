@@ -108,19 +108,22 @@ class SharedPort:
     ``SO_REUSEPORT``: the kernel gives each datagram to one of them by a hash of its
     source address and port).
 
+    Which process a message belongs to: for a response or an in-dialog request, the one
+    whose mark its branch or To tag carries (:func:`sip.message.owner_mark`; each process
+    must call :func:`sip.message.mark_identifiers` with its index); for a new INVITE
+    (and its ACK or CANCEL), whichever process the kernel chose, unless another has
+    claimed new calls to its Request-URI's user; for any other new request, process
+    0, which alone also listens on TCP and keeps the TCP connections (the others send
+    over TCP through it).
+
     ``peers[i]`` is the loopback UDP address of process ``i``'s hand-over socket, and
     ``fd`` this process's (bound by whoever started the group, so that the addresses
-    are known to all and stay the same when a process is started again): a message
+    are known to all and stay the same when a process is started again).  A message
     that reached the wrong process is handed on there in an envelope that keeps its
-    source and starts with ``token``, without which an envelope is ignored (any local
-    user can send to a loopback port).  UDP rather than ``AF_UNIX`` datagrams because
-    Linux queues at most ``net.unix.max_dgram_qlen`` (10 by default) of those per
-    socket, and a busy moment hands on more.  Which process is right: the mark in a response's branch or a request's To
-    tag (:func:`sip.message.owner_mark`; each process must call
-    :func:`sip.message.mark_identifiers` with its index); for a new INVITE (and its
-    ACK or CANCEL) whichever process the kernel chose; for any other new request,
-    process 0, which alone also listens on TCP and keeps the TCP connections (the others
-    send over TCP through it)."""
+    source and starts with ``token``; an envelope without it is ignored (any local user
+    can send to a loopback port).  UDP rather than ``AF_UNIX`` datagrams: Linux queues
+    at most ``net.unix.max_dgram_qlen`` (10 by default) of those per socket, fewer than
+    a busy moment hands on.  ``claims`` is the one part that changes."""
 
     index: int
     peers: tuple[Address, ...]
