@@ -90,18 +90,28 @@ class TimerSettings:
 T = TypeVar("T")
 
 
+#: Timers by their position in :class:`Timer`: heap entries hold the position, an int.
+_TIMERS: tuple[Timer, ...] = tuple(Timer)
+_POSITION: dict[Timer, int] = {timer: at for at, timer in enumerate(_TIMERS)}
+
+
 class TimerHeap(Generic[T]):
     """A min-heap of ``(deadline, seq, owner, timer)`` with lazy deletion.
 
     Cancelling a timer is free: the owner's state simply stops accepting it, and the
     caller's ``is_live`` predicate discards such entries when they reach the top.  ``seq``
     keeps entries with equal deadlines in arming order and means owners are never compared.
+
+    An entry stores its timer as a small int, so that with an owner of plain data (a
+    number, a string) it holds nothing the cyclic collector has to visit: Python stops
+    tracking such a tuple after one collection.  A heap of transactions holds tens of
+    thousands of entries, most of them for timers that will never fire.
     """
 
     __slots__ = ("_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, T, Timer]] = []
+        self._heap: list[tuple[float, int, T, int]] = []
         self._seq = 0
 
     def __len__(self) -> int:
@@ -109,22 +119,23 @@ class TimerHeap(Generic[T]):
 
     def push(self, deadline: float, owner: T, timer: Timer) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, owner, timer))
+        heapq.heappush(self._heap, (deadline, self._seq, owner, _POSITION[timer]))
 
     def pop_due(self, now: float) -> tuple[float, T, Timer] | None:
         """Remove and return the earliest entry due at or before ``now`` (live or not)."""
         heap = self._heap
         if heap and heap[0][0] <= now:
             deadline, _, owner, timer = heapq.heappop(heap)
-            return deadline, owner, timer
+            return deadline, owner, _TIMERS[timer]
         return None
 
     def next_deadline(self, is_live: Callable[[T, Timer], bool]) -> float | None:
         """The earliest live deadline, discarding dead entries found on top."""
         heap = self._heap
+        timers = _TIMERS
         while heap:
             deadline, _, owner, timer = heap[0]
-            if is_live(owner, timer):
+            if is_live(owner, timers[timer]):
                 return deadline
             heapq.heappop(heap)
         return None

@@ -301,7 +301,7 @@ class _Transaction:
     __slots__ = (
         "_request", "kind", "is_invite", "state", "transport", "destination", "key",
         "_last_response", "context", "_reliable", "_table", "_interval", "_ack_message",
-        "rejected_key",
+        "rejected_key", "serial",
     )
 
     def __init__(
@@ -323,6 +323,8 @@ class _Transaction:
         self._ack_message: Request | bytes | None = None
         # The dialog key it is filed under in the layer's rejected-INVITE table, if any.
         self.rejected_key: Key | None = None
+        # Its number in the layer that runs it (which files its timers under it).
+        self.serial = 0
 
     # The messages are kept as objects while the transaction is active, as their bytes
     # once it only lingers (see _Kept).
@@ -580,6 +582,7 @@ class TransactionLayer:
     __slots__ = (
         "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
         "_udp_intervals", "_reliable_intervals", "_rejected_invites", "timers_started",
+        "_live", "_serial",
     )
 
     def __init__(
@@ -595,7 +598,13 @@ class TransactionLayer:
         # INVITE server transactions that sent a 300-699, by dialog identity, for ACKs
         # that carry a branch of their own (see _match_lenient_ack).
         self._rejected_invites: dict[Key, ServerTransaction] = {}
-        self._heap: TimerHeap[Transaction] = TimerHeap()
+        # Timers name their transaction by its serial, looked up in _live when they fire,
+        # rather than holding it: a transaction's timers outlive it (a BYE's Timer F, 32 s,
+        # stays in the heap after its 200 ends the transaction 5 s later), and entries of
+        # plain numbers are not the cyclic collector's to visit.
+        self._heap: TimerHeap[int] = TimerHeap()
+        self._live: dict[int, Transaction] = {}
+        self._serial = 0
         self._now = 0.0
         #: Timers started so far: while it stays the same, no deadline earlier than the
         #: last :meth:`next_deadline` can have appeared (a driver need not ask again).
@@ -724,11 +733,14 @@ class TransactionLayer:
         self._now = now
         out: list[Action] = []
         heap = self._heap
+        live = self._live
         while (entry := heap.pop_due(now)) is not None:
-            deadline, tx, timer = entry
-            # The restart (if any) is measured from the scheduled deadline so a punctual
-            # driver gets the exact RFC schedule; see _arm for a late one.
-            self._fire(tx, timer, None, deadline, out)
+            deadline, serial, timer = entry
+            tx = live.get(serial)
+            if tx is not None:
+                # The restart (if any) is measured from the scheduled deadline so a
+                # punctual driver gets the exact RFC schedule; see _arm for a late one.
+                self._fire(tx, timer, None, deadline, out)
         return out
 
     def transport_error(
@@ -754,7 +766,7 @@ class TransactionLayer:
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` next has work to do, or None if no timer is pending."""
-        return self._heap.next_deadline(_timer_is_live)
+        return self._heap.next_deadline(self._timer_is_live)
 
     def statistics(self) -> dict[str, int]:
         """Counts of live transactions and of (possibly stale) timer entries."""
@@ -807,6 +819,8 @@ class TransactionLayer:
             _response_destination(via, received, rport, source, transport), key, source,
         )
         self._servers[key] = tx
+        self._serial = tx.serial = self._serial + 1
+        self._live[tx.serial] = tx
         if is_invite:
             out.append(RequestReceived(tx, request))
             if self._send_trying:
@@ -885,6 +899,8 @@ class TransactionLayer:
         kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
         tx = ClientTransaction(request, kind, transport, destination, key)
         self._clients[key] = tx
+        self._serial = tx.serial = self._serial + 1
+        self._live[tx.serial] = tx
         out.append(Send(request, destination, transport))
         _, timers = INITIAL[kind]
         for timer in timers:
@@ -982,6 +998,10 @@ class TransactionLayer:
             tx._shed()
         return True
 
+    def _timer_is_live(self, serial: int, timer: Timer) -> bool:
+        tx = self._live.get(serial)
+        return tx is not None and timer in tx._table[tx.state]
+
     def _start_timer(self, tx: Transaction, timer: Timer, now: float) -> bool:
         """Arm ``timer`` with its first interval; True if it is due immediately."""
         interval = (self._reliable_intervals if tx._reliable else self._udp_intervals)[timer]
@@ -1000,10 +1020,11 @@ class TransactionLayer:
             # The driver woke up late (by more than an interval): retransmit once now and
             # space the next one a full interval out, rather than bursting to catch up.
             deadline = self._now + interval
-        self._heap.push(deadline, tx, timer)
+        self._heap.push(deadline, tx.serial, timer)
         self.timers_started += 1
 
     def _forget(self, tx: Transaction, out: list[Action]) -> None:
+        self._live.pop(tx.serial, None)
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
@@ -1041,7 +1062,3 @@ def _dialog_key(request: Request, to_tag: str | None) -> Key | None:
     if not from_tag or not to_tag:
         return None
     return (request.call_id, from_tag, to_tag, request.cseq.number)
-
-
-def _timer_is_live(tx: Transaction, timer: Timer) -> bool:
-    return timer in tx._table[tx.state]

@@ -714,3 +714,22 @@ def test_a_lingering_transaction_keeps_its_messages_as_bytes_and_gives_back_equa
         assert not any(gc.is_tracked(part) for part in (tx._request, tx._last_response, tx._ack_message))
     assert server.request == register and server.last_response == ok
     assert client.request == invite and client._ack is not None and client._ack.method == "ACK"
+
+
+def test_timers_that_outlive_their_transaction_do_not_keep_it() -> None:
+    """A BYE's Timer F (32 s) stays queued after its 200 ends the transaction on Timer K
+    (5 s).  The queue names transactions by number, so an ended one is freed at once,
+    and its entries (numbers only) drop out of the cyclic collector's view: at 500 calls/s
+    the queue holds tens of thousands of them."""
+    layer = TransactionLayer()
+    bye = make_request("BYE")
+    client, _ = layer.request(bye, PEER, "UDP", 0.0)
+    layer.receive(make_response(bye, 200, to_tag="callee"), PEER, "UDP", 0.1)
+    ended = layer.expire(6.0)  # as the transport's timer loop does: due entries only
+
+    assert "Terminated" in kinds(ended) and state(client) is TransactionState.TERMINATED
+    assert layer.statistics()["timer_entries"] >= 1  # Timer F's entry, due at 32 s
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in layer._heap._heap)
+    assert client not in layer._live.values()
+    assert layer.next_deadline() is None
