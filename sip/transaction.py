@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeVar, cast, overload
 
 from sip.errors import SIPParseError, SIPValueError
 from sip.frozen import fast_init
@@ -305,8 +307,9 @@ class _Transaction:
     )
 
     def __init__(
-        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key
+        self, request: Request | bytes, kind: Kind, transport: str, destination: Address, key: Key
     ) -> None:
+        # (bytes: a packed transaction made an object again)
         self._request: Request | bytes = request
         self.kind = kind
         self.is_invite = kind is Kind.INVITE_CLIENT or kind is Kind.INVITE_SERVER
@@ -339,6 +342,31 @@ class _Transaction:
             if value is not None and value.__class__ is not bytes:
                 setattr(self, name, value.snapshot())
 
+    def _packed(self) -> Packed:
+        """This lingering transaction as plain data (see :meth:`TransactionLayer._pack`)."""
+        self._shed()
+        return (self.serial, self.__class__ is ClientTransaction, _KIND_AT[self.kind],
+                _STATE_AT[self.state], self.key, cast(bytes, self._request),
+                cast("bytes | None", self._last_response), cast("bytes | None", self._ack_message),
+                self.transport, self.destination, getattr(self, "source", None))
+
+    @staticmethod
+    def _unpacked(packed: Packed) -> Transaction:
+        """The transaction ``packed`` was made from, as an object again."""
+        (serial, is_client, kind_at, state_at, key, request, last_response, ack,
+         transport, destination, source) = packed
+        kind = _KINDS[kind_at]
+        tx: Transaction
+        if is_client:
+            tx = ClientTransaction(request, kind, transport, destination, key)
+        else:
+            tx = ServerTransaction(request, kind, transport, destination, key, cast(Address, source))
+        tx.state = _STATES[state_at]
+        tx._last_response = last_response
+        tx._ack_message = ack
+        tx.serial = serial
+        return tx
+
     def __repr__(self) -> str:
         return (f"<{self.kind.value} transaction {self.request.method} "
                 f"{self.state.value} {self.key!r}>")
@@ -365,7 +393,7 @@ class ClientTransaction(_Transaction):
     __slots__ = ("cancel_transaction", "_cancel_wanted")
 
     def __init__(
-        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key
+        self, request: Request | bytes, kind: Kind, transport: str, destination: Address, key: Key
     ) -> None:
         super().__init__(request, kind, transport, destination, key)
         self.cancel_transaction: ClientTransaction | None = None
@@ -380,7 +408,7 @@ class ServerTransaction(_Transaction):
     __slots__ = ("source",)
 
     def __init__(
-        self, request: Request, kind: Kind, transport: str, destination: Address, key: Key,
+        self, request: Request | bytes, kind: Kind, transport: str, destination: Address, key: Key,
         source: Address,
     ) -> None:
         super().__init__(request, kind, transport, destination, key)
@@ -388,6 +416,24 @@ class ServerTransaction(_Transaction):
 
 
 Transaction = ClientTransaction | ServerTransaction
+
+#: A lingering transaction packed into a tuple of plain data (serial, is it a client's,
+#: kind and state by position, key, the messages' bytes, transport, destination,
+#: source): see :meth:`TransactionLayer._pack`.
+Packed = tuple[int, bool, int, int, Key, bytes, "bytes | None", "bytes | None", str, Address,
+               "Address | None"]
+_KINDS: tuple[Kind, ...] = tuple(Kind)
+_KIND_AT: dict[Kind, int] = {kind: at for at, kind in enumerate(_KINDS)}
+_STATES: tuple[TransactionState, ...] = tuple(TransactionState)
+_STATE_AT: dict[TransactionState, int] = {state: at for at, state in enumerate(_STATES)}
+
+#: How long a transaction has lingered before the layer packs it (it is then settled:
+#: its TU has let go of it, or never will).
+PACK_AFTER = 1.0
+#: References to a transaction when only the layer holds it, counted from inside
+#: :meth:`TransactionLayer._pack`: the live table, the match table, the local name and
+#: ``sys.getrefcount``'s own argument.
+_ONLY_THE_LAYER = 4
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -582,7 +628,7 @@ class TransactionLayer:
     __slots__ = (
         "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
         "_udp_intervals", "_reliable_intervals", "_rejected_invites", "timers_started",
-        "_live", "_serial",
+        "_live", "_serial", "_lingering",
     )
 
     def __init__(
@@ -593,8 +639,9 @@ class TransactionLayer:
         self._udp_intervals = {t: settings.initial(t, reliable=False) for t in Timer}
         self._reliable_intervals = {t: settings.initial(t, reliable=True) for t in Timer}
         self._send_trying = send_trying
-        self._clients: dict[Key, ClientTransaction] = {}
-        self._servers: dict[Key, ServerTransaction] = {}
+        # (a lingering transaction may be kept packed: see _pack)
+        self._clients: dict[Key, ClientTransaction | Packed] = {}
+        self._servers: dict[Key, ServerTransaction | Packed] = {}
         # INVITE server transactions that sent a 300-699, by dialog identity, for ACKs
         # that carry a branch of their own (see _match_lenient_ack).
         self._rejected_invites: dict[Key, ServerTransaction] = {}
@@ -603,8 +650,10 @@ class TransactionLayer:
         # stays in the heap after its 200 ends the transaction 5 s later), and entries of
         # plain numbers are not the cyclic collector's to visit.
         self._heap: TimerHeap[int] = TimerHeap()
-        self._live: dict[int, Transaction] = {}
+        self._live: dict[int, Transaction | Packed] = {}
         self._serial = 0
+        # (when, serial) of each transaction that started to linger, oldest first.
+        self._lingering: deque[tuple[float, int]] = deque()
         self._now = 0.0
         #: Timers started so far: while it stays the same, no deadline earlier than the
         #: last :meth:`next_deadline` can have appeared (a driver need not ask again).
@@ -732,11 +781,16 @@ class TransactionLayer:
         """Fire every timer due at or before ``now``, in deadline order."""
         self._now = now
         out: list[Action] = []
+        lingering = self._lingering
+        if lingering and lingering[0][0] <= now - PACK_AFTER:
+            # (first: a transaction this loop has in hand would not count as settled)
+            self._pack(now - PACK_AFTER)
         heap = self._heap
         live = self._live
         while (entry := heap.pop_due(now)) is not None:
             deadline, serial, timer = entry
-            tx = live.get(serial)
+            found = live.get(serial)
+            tx = self._unpack_for(found, timer) if isinstance(found, tuple) else found
             if tx is not None:
                 # The restart (if any) is measured from the scheduled deadline so a
                 # punctual driver gets the exact RFC schedule; see _arm for a late one.
@@ -757,7 +811,7 @@ class TransactionLayer:
         key = _quoted_request_key(sent)
         if key is None:
             return []
-        tx = self._clients.get(key)
+        tx = self._client(key)
         if tx is None or tx.destination != destination or tx.transport.upper() != transport.upper():
             return []
         out: list[Action] = []
@@ -794,7 +848,7 @@ class TransactionLayer:
             key = _key_2543(request, via, request.to.tag, "INVITE" if method == "ACK" else method)
 
         if method == "ACK":
-            tx = self._servers.get(key)
+            tx = self._server(key)
             if tx is None and not rfc3261:
                 tx = self._match_2543_ack(request, via)
             if tx is None and self._rejected_invites:
@@ -807,7 +861,7 @@ class TransactionLayer:
                 self._fire(tx, Stimulus.RECV_ACK, request, now, out, source)
             return
 
-        tx = self._servers.get(key)
+        tx = self._server(key)
         if tx is not None:
             self._fire(tx, Stimulus.RECV_REQUEST, request, now, out)
             return
@@ -833,7 +887,7 @@ class TransactionLayer:
         elif method == "CANCEL":
             # 9.2: the CANCEL matches the transaction it cancels by the 17.2.3 rules
             # "but the method of the request is ignored" - here: it names an INVITE.
-            invite = self._servers.get(key[:-1] + ("INVITE",))
+            invite = self._server(key[:-1] + ("INVITE",))
             if invite is not None:
                 out.append(CancelReceived(tx, invite))
             else:
@@ -865,7 +919,7 @@ class TransactionLayer:
         ack_tag = ack.to.tag
         if ack_tag is None:
             return None
-        tx = self._servers.get(_key_2543(ack, via, None, "INVITE"))
+        tx = self._server(_key_2543(ack, via, None, "INVITE"))
         # The response's To was built by our TU, so it parses.
         if tx is not None and tx.last_response is not None and tx.last_response.to.tag == ack_tag:
             return tx
@@ -878,7 +932,7 @@ class TransactionLayer:
     ) -> None:
         # 17.1.3: the branch of the top Via and the CSeq method identify the transaction.
         key: Key = (response.top_via.branch, response.cseq.method)
-        tx = self._clients.get(key)
+        tx = self._client(key)
         if tx is None:
             out.append(StrayResponse(response, source))
             return
@@ -996,11 +1050,92 @@ class TransactionLayer:
             self._fire(tx, at_once, None, now, out)
         elif entering and (tx.kind, target) in LINGERING:
             tx._shed()
+            self._lingering.append((now, tx.serial))
         return True
 
     def _timer_is_live(self, serial: int, timer: Timer) -> bool:
         tx = self._live.get(serial)
-        return tx is not None and timer in tx._table[tx.state]
+        if tx is None:
+            return False
+        if isinstance(tx, tuple):
+            return timer in TRANSITIONS[_KINDS[tx[2]]][_STATES[tx[3]]]
+        return timer in tx._table[tx.state]
+
+    # -- packed transactions -------------------------------------------------------------
+    #
+    # A transaction lingers up to 32 s after its final response only to absorb
+    # retransmissions: at 250 calls/s that is some 18,000 of them per process.  Each is
+    # an object the cyclic collector visits on its passes over the older generations,
+    # and they were most of the oldest one.  So once one has lingered PACK_AFTER and
+    # nothing but the layer holds it (no TU context, and no reference anywhere else:
+    # sys.getrefcount counts them), it is kept as a tuple of plain data (Packed), which
+    # the collector stops visiting after a pass.  A message or a live timer that finds
+    # it makes it an object again; its last timer ends it quietly, without a Terminated
+    # action, since no TU holds it.
+
+    def _pack(self, settled: float) -> None:
+        """Pack the transactions that started to linger at or before ``settled``."""
+        lingering = self._lingering
+        live = self._live
+        while lingering and lingering[0][0] <= settled:
+            _, serial = lingering.popleft()
+            tx = live.get(serial)
+            if (tx is None or isinstance(tx, tuple) or tx.context is not None
+                    or tx.rejected_key is not None or (tx.kind, tx.state) not in LINGERING):
+                continue
+            table: dict[Key, ClientTransaction | Packed] | dict[Key, ServerTransaction | Packed]
+            if isinstance(tx, ClientTransaction):
+                if tx.cancel_transaction is not None:
+                    continue
+                table = self._clients
+            else:
+                table = self._servers
+            if table.get(tx.key) is not tx or sys.getrefcount(tx) != _ONLY_THE_LAYER:
+                continue
+            packed = tx._packed()
+            live[serial] = table[tx.key] = packed
+
+    def _server(self, key: Key) -> ServerTransaction | None:
+        """The server transaction filed under ``key``, as an object."""
+        tx = self._servers.get(key)
+        if isinstance(tx, tuple):
+            unpacked = self._unpack(tx)
+            assert isinstance(unpacked, ServerTransaction)
+            return unpacked
+        return tx
+
+    def _client(self, key: Key) -> ClientTransaction | None:
+        """The client transaction filed under ``key``, as an object."""
+        tx = self._clients.get(key)
+        if isinstance(tx, tuple):
+            unpacked = self._unpack(tx)
+            assert isinstance(unpacked, ClientTransaction)
+            return unpacked
+        return tx
+
+    def _unpack(self, packed: Packed) -> Transaction:
+        tx = _Transaction._unpacked(packed)
+        if isinstance(tx, ClientTransaction):
+            self._clients[tx.key] = tx
+        else:
+            self._servers[tx.key] = tx
+        self._live[tx.serial] = tx
+        return tx
+
+    def _unpack_for(self, packed: Packed, timer: Timer) -> Transaction | None:
+        """``packed`` as an object if ``timer`` does something to it; None when the
+        timer is stale, or when it is the one that ends it (which it then does)."""
+        serial, is_client, kind, state, key = packed[:5]
+        row = TRANSITIONS[_KINDS[kind]][_STATES[state]].get(timer)
+        if row is None:
+            return None
+        if row[0] is S.TERMINATED and not row[1]:
+            table = self._clients if is_client else self._servers
+            if table.get(key) is packed:
+                del table[key]
+            del self._live[serial]
+            return None
+        return self._unpack(packed)
 
     def _start_timer(self, tx: Transaction, timer: Timer, now: float) -> bool:
         """Arm ``timer`` with its first interval; True if it is due immediately."""

@@ -14,6 +14,7 @@ from sip.headers import Headers
 from sip.message import Request, Response, make_response, new_branch
 from sip.parse import parse_message_untrusted
 from sip.transaction import (
+    PACK_AFTER,
     AckReceived,
     Action,
     ClientTransaction,
@@ -733,3 +734,68 @@ def test_timers_that_outlive_their_transaction_do_not_keep_it() -> None:
     assert not any(gc.is_tracked(entry) for entry in layer._heap._heap)
     assert client not in layer._live.values()
     assert layer.next_deadline() is None
+
+
+# -- packed lingering transactions ------------------------------------------------------
+
+
+def test_a_settled_lingering_transaction_is_packed_and_still_absorbs_retransmissions() -> None:
+    """Once a transaction has lingered PACK_AFTER and only the layer holds it, it is
+    kept as plain data the cyclic collector stops visiting: at 250 calls/s a process
+    holds some 24,000 lingering transactions.  It still answers a retransmission with
+    the same response, and its timer still ends it."""
+    layer = TransactionLayer()
+    bye = make_request("BYE")
+    ok = make_response(bye, 200, to_tag="me")
+    sent = sends(layer.respond(new_server_tx(layer, bye), ok, 0.0))
+    layer.expire(0.5)
+    assert [type(tx) for tx in layer._servers.values()] == [ServerTransaction]
+
+    layer.expire(PACK_AFTER + 0.5)
+    gc.collect()
+    gc.collect()  # (the first pass untracks the tuples inside, the second the record)
+
+    packed = list(layer._servers.values())
+    assert [type(tx) for tx in packed] == [tuple] and not gc.is_tracked(packed[0])
+    again = sends(layer.receive(bye, PEER, "UDP", 2.0))
+    assert [s.message.snapshot() for s in again] == [s.message.snapshot() for s in sent]
+    fired = run_timers(layer, 40.0)
+    assert [t for t, _ in fired] == [32.0]  # Timer J, from the 200
+    assert layer.statistics() == {"client_transactions": 0, "server_transactions": 0, "timer_entries": 0}
+
+
+def test_a_lingering_transaction_its_tu_still_holds_stays_an_object() -> None:
+    layer = TransactionLayer()
+    bye = make_request("BYE")
+    held = new_server_tx(layer, bye)
+    layer.respond(held, make_response(bye, 200, to_tag="me"), 0.0)
+
+    layer.expire(PACK_AFTER + 0.5)
+
+    assert list(layer._servers.values()) == [held]
+    assert "Terminated" in kinds(layer.expire(33.0))
+
+
+def test_a_packed_invite_client_transaction_passes_up_2xx_retransmissions() -> None:
+    """RFC 6026 Accepted: a 2xx retransmission goes to the TU (which ACKs it again),
+    from a packed transaction as from a live one; a 486 retransmission of a packed
+    Completed one gets the ACK again."""
+    layer = TransactionLayer()
+    answered, rejected = make_request("INVITE"), make_request("INVITE", call_id="call-2@192.0.2.10")
+    ok, busy = make_response(answered, 200, to_tag="callee"), make_response(rejected, 486, to_tag="busy")
+    for invite, answer in ((answered, ok), (rejected, busy)):
+        layer.request(invite, PEER, "UDP", 0.0)
+        layer.receive(answer, PEER, "UDP", 0.1)
+    layer.expire(PACK_AFTER + 0.5)
+    assert [type(tx) for tx in layer._clients.values()] == [tuple, tuple]
+
+    passed = layer.receive(ok, PEER, "UDP", 3.0)
+    acked = sends(layer.receive(busy, PEER, "UDP", 3.0))
+
+    assert kinds(passed) == ["ResponseReceived"]
+    up = passed[0]
+    assert isinstance(up, ResponseReceived) and state(up.transaction) is TransactionState.ACCEPTED
+    assert up.transaction.context is None and up.transaction.request.method == "INVITE"
+    assert [s.message.method for s in acked if isinstance(s.message, Request)] == ["ACK"]
+    run_timers(layer, 40.0)
+    assert layer.statistics()["client_transactions"] == 0
