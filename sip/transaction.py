@@ -628,7 +628,7 @@ class TransactionLayer:
     __slots__ = (
         "_settings", "_send_trying", "_clients", "_servers", "_heap", "_now",
         "_udp_intervals", "_reliable_intervals", "_rejected_invites", "timers_started",
-        "_live", "_serial", "_lingering",
+        "_live", "_serial", "_lingering_since", "_lingering",
     )
 
     def __init__(
@@ -652,8 +652,10 @@ class TransactionLayer:
         self._heap: TimerHeap[int] = TimerHeap()
         self._live: dict[int, Transaction | Packed] = {}
         self._serial = 0
-        # (when, serial) of each transaction that started to linger, oldest first.
-        self._lingering: deque[tuple[float, int]] = deque()
+        # When each transaction that started to linger did, and its serial, oldest first
+        # (two queues of plain numbers rather than one of pairs: no tuple per entry).
+        self._lingering_since: deque[float] = deque()
+        self._lingering: deque[int] = deque()
         self._now = 0.0
         #: Timers started so far: while it stays the same, no deadline earlier than the
         #: last :meth:`next_deadline` can have appeared (a driver need not ask again).
@@ -781,8 +783,8 @@ class TransactionLayer:
         """Fire every timer due at or before ``now``, in deadline order."""
         self._now = now
         out: list[Action] = []
-        lingering = self._lingering
-        if lingering and lingering[0][0] <= now - PACK_AFTER:
+        since = self._lingering_since
+        if since and since[0] <= now - PACK_AFTER:
             # (first: a transaction this loop has in hand would not count as settled)
             self._pack(now - PACK_AFTER)
         heap = self._heap
@@ -1050,7 +1052,8 @@ class TransactionLayer:
             self._fire(tx, at_once, None, now, out)
         elif entering and (tx.kind, target) in LINGERING:
             tx._shed()
-            self._lingering.append((now, tx.serial))
+            self._lingering_since.append(now)
+            self._lingering.append(tx.serial)
         return True
 
     def _timer_is_live(self, serial: int, timer: Timer) -> bool:
@@ -1075,11 +1078,11 @@ class TransactionLayer:
 
     def _pack(self, settled: float) -> None:
         """Pack the transactions that started to linger at or before ``settled``."""
-        lingering = self._lingering
+        since, lingering = self._lingering_since, self._lingering
         live = self._live
-        while lingering and lingering[0][0] <= settled:
-            _, serial = lingering.popleft()
-            tx = live.get(serial)
+        while since and since[0] <= settled:
+            since.popleft()
+            tx = live.get(lingering.popleft())
             if (tx is None or isinstance(tx, tuple) or tx.context is not None
                     or tx.rejected_key is not None or (tx.kind, tx.state) not in LINGERING):
                 continue
@@ -1093,7 +1096,7 @@ class TransactionLayer:
             if table.get(tx.key) is not tx or sys.getrefcount(tx) != _ONLY_THE_LAYER:
                 continue
             packed = tx._packed()
-            live[serial] = table[tx.key] = packed
+            live[tx.serial] = table[tx.key] = packed
 
     def _server(self, key: Key) -> ServerTransaction | None:
         """The server transaction filed under ``key``, as an object."""
