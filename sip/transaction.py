@@ -416,6 +416,7 @@ class ServerTransaction(_Transaction):
 
 
 Transaction = ClientTransaction | ServerTransaction
+_T = TypeVar("_T", ClientTransaction, ServerTransaction)
 
 #: A lingering transaction packed into a tuple of plain data (serial, is it a client's,
 #: kind and state by position, key, the messages' bytes, transport, destination,
@@ -1113,23 +1114,17 @@ class TransactionLayer:
     def _server(self, key: Key) -> ServerTransaction | None:
         """The server transaction filed under ``key``, as an object."""
         tx = self._servers.get(key)
-        if isinstance(tx, tuple):
-            unpacked = self._unpack(tx)
-            assert isinstance(unpacked, ServerTransaction)
-            return unpacked
-        return tx
+        return self._unpack(tx, ServerTransaction) if isinstance(tx, tuple) else tx
 
     def _client(self, key: Key) -> ClientTransaction | None:
         """The client transaction filed under ``key``, as an object."""
         tx = self._clients.get(key)
-        if isinstance(tx, tuple):
-            unpacked = self._unpack(tx)
-            assert isinstance(unpacked, ClientTransaction)
-            return unpacked
-        return tx
+        return self._unpack(tx, ClientTransaction) if isinstance(tx, tuple) else tx
 
-    def _unpack(self, packed: Packed) -> Transaction:
+    def _unpack(self, packed: Packed, kind: type[_T]) -> _T:
+        """``packed`` as an object again, filed where it was (``kind``: what it is)."""
         tx = _Transaction._unpacked(packed)
+        assert isinstance(tx, kind)
         if isinstance(tx, ClientTransaction):
             self._clients[tx.key] = tx
         else:
@@ -1150,7 +1145,9 @@ class TransactionLayer:
                 del table[key]
             del self._live[serial]
             return None
-        return self._unpack(packed)
+        if is_client:
+            return self._unpack(packed, ClientTransaction)
+        return self._unpack(packed, ServerTransaction)
 
     def _start_timer(self, tx: Transaction, timer: Timer, now: float) -> bool:
         """Arm ``timer`` with its first interval; True if it is due immediately."""
