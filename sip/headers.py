@@ -569,10 +569,10 @@ class Headers:
 
     __slots__ = ("_items", "_index")
 
-    _items: tuple[tuple[str, str], ...]
-    # Tuples, not lists: a tuple of strings drops out of the cyclic collector's view
-    # after its first collection, a list never does, and messages linger in
-    # transactions for up to 32 s.
+    _items: tuple[str, ...]
+    # Every name then its value, in one flat tuple: a message's lines are one object
+    # for the cyclic collector to visit (once: a tuple of strings then drops out of its
+    # view), not one per line, and a call has some 150 lines under way at any time.
     _index: dict[str, tuple[str, ...]]
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
@@ -580,25 +580,28 @@ class Headers:
         # canonical name and index key; a name met again - Via, Record-Route - extends
         # its tuple.)
         spellings = _SPELLINGS
-        canonical: list[tuple[str, str]] = []
+        flat: list[str] = []
+        add = flat.append
         index: dict[str, tuple[str, ...]] = {}
         for name, value in items:
             entry = spellings.get(name)
             if entry is None:
                 entry = _spelling(name)
             known, key = entry
-            canonical.append((known, value))
+            add(known)
+            add(value)
             bucket = index.get(key)
             index[key] = (value,) if bucket is None else (*bucket, value)
-        self._items = tuple(canonical)
+        self._items = tuple(flat)
         self._index = index
 
     @classmethod
     def _from_parsed(
-        cls, items: tuple[tuple[str, str], ...], index: dict[str, tuple[str, ...]]
+        cls, items: tuple[str, ...], index: dict[str, tuple[str, ...]]
     ) -> Headers:
-        """Build from names already canonical and an index already built (the parser's
-        fast path: it has done both while reading the lines)."""
+        """Build from names already canonical, flat (name, value, name, value...), and
+        an index already built (the parser's fast path: it has done both while reading
+        the lines)."""
         self = cls.__new__(cls)
         self._items = items
         self._index = index
@@ -606,16 +609,17 @@ class Headers:
 
     # -- reading --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        flat = iter(self._items)
+        return zip(flat, flat, strict=True)  # (a name for every value)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) // 2
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _index_key(name) in self._index
 
     def __repr__(self) -> str:
-        return f"Headers({list(self._items)!r})"
+        return f"Headers({list(self)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Headers) and self._items == other._items
@@ -649,8 +653,8 @@ class Headers:
     # -- building (each returns a new Headers) -------------------------------------------
     def with_added(self, name: str, value: str, *, first: bool = False) -> Headers:
         if first:
-            return Headers(((name, value), *self._items))
-        return Headers((*self._items, (name, value)))
+            return Headers(((name, value), *self))
+        return Headers((*self, (name, value)))
 
     def with_replaced(self, name: str, value: str | None) -> Headers:
         """Replace every line of ``name`` with one line (or remove them for None).
@@ -659,7 +663,7 @@ class Headers:
         key = _index_key(name)
         out: list[tuple[str, str]] = []
         placed = value is None
-        for n, v in self._items:
+        for n, v in self:
             if n.lower() == key:
                 if not placed:
                     out.append((name, value))  # type: ignore[arg-type]
@@ -672,14 +676,14 @@ class Headers:
 
     def without(self, *names: str) -> Headers:
         keys = {_index_key(n) for n in names}
-        return Headers((n, v) for n, v in self._items if n.lower() not in keys)
+        return Headers((n, v) for n, v in self if n.lower() not in keys)
 
     def with_first_value_removed(self, name: str) -> Headers:
         """Remove the first value of a multi-value header (e.g. the top Via)."""
         key = _index_key(name)
         out: list[tuple[str, str]] = []
         done = False
-        for n, v in self._items:
+        for n, v in self:
             if not done and n.lower() == key:
                 done = True
                 rest = split_commas(v)[1:]

@@ -167,7 +167,8 @@ def _parse(data: bytes) -> Message:
 
     # Header lines: name HCOLON value.  HCOLON = *( SP / HTAB ) ":" SWS, so whitespace
     # before the colon belongs to the separator (RFC 4475 3.1.1.1 "TO :").
-    items: list[tuple[str, str]] = []
+    items: list[str] = []  # name, value, name, value...
+    add = items.append
     index: dict[str, tuple[str, ...]] = {}
     growing: dict[str, list[str]] = {}
     repeated: list[str] = []
@@ -179,7 +180,8 @@ def _parse(data: bytes) -> Message:
             entry = _header_name(raw_name, colon, is_response)
         name, key = entry
         value = value.strip(" \t")
-        items.append((name, value))
+        add(name)
+        add(value)
         bucket = index.get(key)
         if bucket is None:
             index[key] = (value,)
