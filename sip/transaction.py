@@ -888,8 +888,7 @@ class TransactionLayer:
             _response_destination(via, received, rport, source, transport), key, source,
         )
         self._servers[key] = tx
-        self._serial = tx.serial = self._serial + 1
-        self._live[tx.serial] = tx
+        self._number(tx)
         if is_invite:
             out.append(RequestReceived(tx, request))
             if self._send_trying:
@@ -968,8 +967,7 @@ class TransactionLayer:
         kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
         tx = ClientTransaction(request, kind, transport, destination, key)
         self._clients[key] = tx
-        self._serial = tx.serial = self._serial + 1
-        self._live[tx.serial] = tx
+        self._number(tx)
         out.append(Send(request, destination, transport))
         _, timers = INITIAL[kind]
         for timer in timers:
@@ -1068,6 +1066,11 @@ class TransactionLayer:
             self._lingering_since.append(now)
             self._lingering.append(tx.serial)
         return True
+
+    def _number(self, tx: Transaction) -> None:
+        """Give a new transaction its serial, under which its timers find it."""
+        self._serial = tx.serial = self._serial + 1
+        self._live[tx.serial] = tx
 
     def _timer_is_live(self, serial: int, timer: Timer) -> bool:
         tx = self._live.get(serial)
