@@ -345,19 +345,18 @@ class _Transaction:
     def _packed(self) -> Packed:
         """This lingering transaction as plain data (see :meth:`TransactionLayer._pack`)."""
         self._shed()
-        return (self.serial, self.__class__ is ClientTransaction, _KIND_AT[self.kind],
-                _STATE_AT[self.state], self.key, cast(bytes, self._request),
+        return (self.serial, _KIND_AT[self.kind], _STATE_AT[self.state], self.key, cast(bytes, self._request),
                 cast("bytes | None", self._last_response), cast("bytes | None", self._ack_message),
                 self.transport, self.destination, getattr(self, "source", None))
 
     @staticmethod
     def _unpacked(packed: Packed) -> Transaction:
         """The transaction ``packed`` was made from, as an object again."""
-        (serial, is_client, kind_at, state_at, key, request, last_response, ack,
+        (serial, kind_at, state_at, key, request, last_response, ack,
          transport, destination, source) = packed
         kind = _KINDS[kind_at]
         tx: Transaction
-        if is_client:
+        if kind in _CLIENT_KINDS:
             tx = ClientTransaction(request, kind, transport, destination, key)
         else:
             tx = ServerTransaction(request, kind, transport, destination, key, cast(Address, source))
@@ -418,12 +417,13 @@ class ServerTransaction(_Transaction):
 Transaction = ClientTransaction | ServerTransaction
 _T = TypeVar("_T", ClientTransaction, ServerTransaction)
 
-#: A lingering transaction packed into a tuple of plain data (serial, is it a client's,
-#: kind and state by position, key, the messages' bytes, transport, destination,
-#: source): see :meth:`TransactionLayer._pack`.
-Packed = tuple[int, bool, int, int, Key, bytes, "bytes | None", "bytes | None", str, Address,
+#: A lingering transaction packed into a tuple of plain data (serial, kind and state by
+#: position, key, the messages' bytes, transport, destination, source): see
+#: :meth:`TransactionLayer._pack`.
+Packed = tuple[int, int, int, Key, bytes, "bytes | None", "bytes | None", str, Address,
                "Address | None"]
 _KINDS: tuple[Kind, ...] = tuple(Kind)
+_CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
 _KIND_AT: dict[Kind, int] = {kind: at for at, kind in enumerate(_KINDS)}
 _STATES: tuple[TransactionState, ...] = tuple(TransactionState)
 _STATE_AT: dict[TransactionState, int] = {state: at for at, state in enumerate(_STATES)}
@@ -1077,7 +1077,7 @@ class TransactionLayer:
         if tx is None:
             return False
         if isinstance(tx, tuple):
-            return timer in TRANSITIONS[_KINDS[tx[2]]][_STATES[tx[3]]]
+            return timer in TRANSITIONS[_KINDS[tx[1]]][_STATES[tx[2]]]
         return timer in tx._table[tx.state]
 
     # -- packed transactions -------------------------------------------------------------
@@ -1138,10 +1138,12 @@ class TransactionLayer:
     def _unpack_for(self, packed: Packed, timer: Timer) -> Transaction | None:
         """``packed`` as an object if ``timer`` does something to it; None when the
         timer is stale, or when it is the one that ends it (which it then does)."""
-        serial, is_client, kind, state, key = packed[:5]
-        row = TRANSITIONS[_KINDS[kind]][_STATES[state]].get(timer)
+        serial, kind_at, state_at, key = packed[:4]
+        kind = _KINDS[kind_at]
+        row = TRANSITIONS[kind][_STATES[state_at]].get(timer)
         if row is None:
             return None
+        is_client = kind in _CLIENT_KINDS
         if row[0] is S.TERMINATED and not row[1]:
             table = self._clients if is_client else self._servers
             if table.get(key) is packed:
